@@ -1,0 +1,98 @@
+"""Read this process's memory cgroup (v2 or v1): limit, usage, peak and OOM kills."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# v1 reports "no limit" as a huge page-aligned number
+V1_UNLIMITED = 1 << 60
+
+
+@dataclass(frozen=True)
+class CgroupMemory:
+    version: int
+    path: Path
+    limit: int | None
+    usage: int | None
+    peak: int | None
+    oom_kills: int | None
+
+
+def _read_int(p: Path) -> int | None:
+    try:
+        text = p.read_text().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _read_kv(p: Path, key: str) -> int | None:
+    try:
+        for line in p.read_text().splitlines():
+            k, _, v = line.partition(" ")
+            if k == key:
+                return int(v)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
+    """(v2 path, v1 memory path) from the text of ``/proc/self/cgroup`` (pure)."""
+    v2: str | None = None
+    v1: str | None = None
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hid, controllers, path = parts
+        if hid == "0" and controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def current(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> CgroupMemory | None:
+    """The memory cgroup of this process, or None when there is none to read."""
+    try:
+        v2, v1 = parse_proc_cgroup(proc_cgroup.read_text())
+    except OSError:
+        return None
+    if v1 is not None:
+        base = root / "memory"
+        d = base / v1.lstrip("/")
+        if not d.exists():
+            d = base  # inside a container the cgroup namespace root is mounted directly
+        if (d / "memory.limit_in_bytes").exists():
+            limit = _read_int(d / "memory.limit_in_bytes")
+            if limit is not None and limit >= V1_UNLIMITED:
+                limit = None
+            return CgroupMemory(
+                version=1,
+                path=d,
+                limit=limit,
+                usage=_read_int(d / "memory.usage_in_bytes"),
+                peak=_read_int(d / "memory.max_usage_in_bytes"),
+                oom_kills=_read_kv(d / "memory.oom_control", "oom_kill"),
+            )
+    if v2 is not None:
+        for base in (root, root / "unified"):
+            d = base / v2.lstrip("/")
+            if (d / "memory.current").exists():
+                return CgroupMemory(
+                    version=2,
+                    path=d,
+                    limit=_read_int(d / "memory.max"),
+                    usage=_read_int(d / "memory.current"),
+                    peak=_read_int(d / "memory.peak"),
+                    oom_kills=_read_kv(d / "memory.events", "oom_kill"),
+                )
+    return None

@@ -1,0 +1,1 @@
+"""The ``gisjob`` command line: one module per command."""

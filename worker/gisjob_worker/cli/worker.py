@@ -1,0 +1,100 @@
+"""``gisjob worker``: run one tile and write its result record."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import EXIT_INPUT, SpecError
+from ..quantity import parse_quantity
+from .errors import fail
+
+MOUNTED_JOB = "/etc/gisjob/job.yaml"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def _load(job_file: str | None) -> object:
+    from ..spec import load_job, load_job_text
+
+    if job_file:
+        return load_job(job_file)
+    text = os.environ.get("GISJOB_JOB")
+    if text:
+        return load_job_text(text, "$GISJOB_JOB")
+    mounted = os.environ.get("GISJOB_JOB_FILE", MOUNTED_JOB)
+    if Path(mounted).is_file():
+        return load_job(mounted)
+    raise SpecError("no job: give --job FILE, or set GISJOB_JOB or GISJOB_JOB_FILE")
+
+
+def _default_result_path() -> str | None:
+    env = os.environ.get("GISJOB_RESULT_PATH")
+    if env:
+        return env
+    return TERMINATION_LOG if os.access(TERMINATION_LOG, os.W_OK) else None
+
+
+@click.command()
+@click.option("--job", "job_file", type=click.Path(dir_okay=False), help="Job file "
+              "(default: $GISJOB_JOB, then $GISJOB_JOB_FILE or /etc/gisjob/job.yaml).")
+@click.option("--tile", envvar="GISJOB_TILE", required=True, help="Tile id, e.g. r0003c0007.")
+@click.option("--result", "result_path", help="Result record path "
+              "(default: $GISJOB_RESULT_PATH, in pods /dev/termination-log).")
+@click.option("--metrics-port", type=int, envvar="GISJOB_METRICS_PORT",
+              help="Serve Prometheus metrics on this port while running.")
+@click.option("--pushgateway", envvar="GISJOB_PUSHGATEWAY", help="Push metrics here at exit.")
+@click.option("--memory", "memory_text", envvar="GISJOB_MEMORY",
+              help="Memory budget (quantity); default: the tile's planned request.")
+@click.option("--chunk-scale", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0,
+              envvar="GISJOB_CHUNK_SCALE", show_default=True, help="Shrink chunks by this factor.")
+@click.option("--log-level", default="info", show_default=True)
+def worker(
+    job_file: str | None, tile: str, result_path: str | None, metrics_port: int | None,
+    pushgateway: str | None, memory_text: str | None, chunk_scale: float, log_level: str,
+) -> None:
+    """Process one tile within its memory budget; exit 0, 2 (input), 3 (memory) or other."""
+    from .. import logs
+    from ..spec import GisJob
+
+    logs.configure(log_level)
+    try:
+        job = _load(job_file)
+        assert isinstance(job, GisJob)
+        budget = parse_quantity(memory_text) if memory_text else None
+    except SpecError as exc:
+        fail(str(exc), EXIT_INPUT)
+        return
+    except ValueError as exc:
+        fail(f"--memory: {exc}", EXIT_INPUT)
+        return
+    from .. import gdalenv
+
+    res = job.spec.resources
+    gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
+    from prometheus_client import CollectorRegistry
+
+    from ..metrics import WorkerMetrics, push, serve
+    from ..result import write_result
+    from ..worker import WorkerOptions, run_tile
+
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry, job.name, tile)
+    if metrics_port is not None:
+        serve(registry, metrics_port)
+    record = run_tile(job, WorkerOptions(tile=tile, memory=budget, chunk_scale=chunk_scale,
+                                         metrics=metrics))
+    path = result_path or _default_result_path()
+    if path:
+        write_result(record, path)
+    click.echo(record.to_json())
+    if pushgateway:
+        try:
+            push(registry, pushgateway, job.name, tile)
+        except OSError as exc:
+            click.echo(f"gisjob: warning: metrics push to {pushgateway} failed: {exc}", err=True)
+    if record.exitCode != 0:
+        click.echo(f"gisjob: error: {record.error}", err=True)
+    sys.exit(record.exitCode)

@@ -1,0 +1,77 @@
+"""GDAL configuration that means what it says, set before either libgdal loads.
+
+rasterio and pyogrio each bundle their own libgdal. Configuration set through
+``rasterio.Env`` reaches only rasterio's copy, and ``rasterio.Env(GDAL_CACHEMAX=64)`` means
+64 *bytes*. Environment variables set before import reach both copies, so the worker sets
+these here, first thing; ``GDAL_CACHEMAX`` is written as a byte count (GDAL reads values
+of 100000 and more as bytes, smaller ones as megabytes — the spec enforces at least 1 MiB).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from dataclasses import dataclass
+from functools import cache
+
+VSI_CURL_CACHE_BYTES = 16 * 1024**2
+
+
+def gdal_environment(cache_bytes: int, num_threads: int) -> dict[str, str]:
+    """The environment variables a worker sets (pure; the runner also passes them to children)."""
+    if cache_bytes < 100_000:
+        raise ValueError(f"GDAL cache of {cache_bytes} bytes would be read as megabytes")
+    return {
+        "GDAL_CACHEMAX": str(int(cache_bytes)),
+        "GDAL_NUM_THREADS": str(max(1, int(num_threads))),
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "VSI_CACHE": "FALSE",
+        "CPL_VSIL_CURL_CACHE_SIZE": str(VSI_CURL_CACHE_BYTES),
+        "GDAL_MAX_DATASET_POOL_SIZE": "32",
+    }
+
+
+def configure(cache_bytes: int, num_threads: int) -> None:
+    """Export the GDAL settings; must run before rasterio/pyogrio are imported."""
+    loaded = [m for m in ("rasterio", "pyogrio") if m in sys.modules]
+    if loaded:
+        raise RuntimeError(
+            f"GDAL configured after {', '.join(loaded)} was imported: settings would not apply"
+        )
+    os.environ.update(gdal_environment(cache_bytes, num_threads))
+
+
+@dataclass(frozen=True)
+class GdalCache:
+    used: int
+    max: int
+
+
+@cache
+def _rasterio_libgdal() -> ctypes.CDLL | None:
+    """rasterio's own libgdal, found among the libraries mapped into this process."""
+    import rasterio  # noqa: F401  (loads its libgdal)
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            paths = {line.split()[-1] for line in fh if "libgdal" in line and "/" in line}
+    except OSError:
+        return None
+    ours = sorted(p for p in paths if "rasterio" in p) or sorted(paths)
+    if not ours:
+        return None
+    lib = ctypes.CDLL(ours[0])
+    lib.GDALGetCacheUsed64.restype = ctypes.c_int64
+    lib.GDALGetCacheMax64.restype = ctypes.c_int64
+    return lib
+
+
+def rasterio_cache() -> GdalCache | None:
+    """Block-cache use and size of rasterio's libgdal (None when it cannot be reached)."""
+    if "rasterio" not in sys.modules:
+        return None
+    lib = _rasterio_libgdal()
+    if lib is None:
+        return None
+    return GdalCache(used=int(lib.GDALGetCacheUsed64()), max=int(lib.GDALGetCacheMax64()))

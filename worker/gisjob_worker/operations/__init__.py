@@ -1,0 +1,1 @@
+"""Built-in operations: raster ``scale``, ``ndvi``, ``expression``; vector ``filter``."""

@@ -1,0 +1,61 @@
+"""The worker's result record: one JSON object of at most 4 KiB (a pod termination message)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+MAX_BYTES = 4096
+Outcome = Literal["succeeded", "memory", "input", "error"]
+
+
+@dataclass
+class ResultRecord:
+    tile: str
+    outcome: Outcome
+    exitCode: int  # noqa: N815 - wire format is camelCase
+    peakRssBytes: int  # noqa: N815
+    cgroupPeakBytes: int | None = None  # noqa: N815
+    memoryBudgetBytes: int | None = None  # noqa: N815
+    estimatedPeakBytes: int | None = None  # noqa: N815
+    chunks: int = 0
+    bytesRead: int = 0  # noqa: N815
+    bytesWritten: int = 0  # noqa: N815
+    seconds: float = 0.0
+    output: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {k: v for k, v in asdict(self).items() if v is not None}
+        text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) > MAX_BYTES and self.error:
+            over = len(text.encode()) - MAX_BYTES + 3
+            data["error"] = self.error[: max(0, len(self.error) - over)] + "..."
+            text = json.dumps(data, separators=(",", ":"))
+        return text
+
+    @classmethod
+    def from_json(cls, text: str) -> ResultRecord:
+        data = json.loads(text)
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def write_result(record: ResultRecord, path: str | os.PathLike[str]) -> None:
+    """Write the record; atomically (temp + rename) for regular files, directly for devices."""
+    p = Path(path)
+    text = record.to_json()
+    try:
+        is_regular = stat.S_ISREG(p.stat().st_mode)
+    except FileNotFoundError:
+        is_regular = True
+    if not is_regular or str(p).startswith("/dev/"):
+        p.write_text(text)
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
