@@ -60,7 +60,9 @@ def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
     return v2, v1
 
 
-def current(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> CgroupMemory | None:
+def current(
+    root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> CgroupMemory | None:
     """The memory cgroup of this process, or None when there is none to read."""
     try:
         v2, v1 = parse_proc_cgroup(proc_cgroup.read_text())

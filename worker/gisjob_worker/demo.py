@@ -86,9 +86,18 @@ def write_raster(path: Path, size: int, bands: int = 4, seed: int = 42) -> None:
 
     rng = np.random.default_rng(seed)
     profile = {
-        "driver": "GTiff", "width": size, "height": size, "count": bands, "dtype": "uint16",
-        "nodata": 0, "crs": DEMO_CRS, "transform": from_origin(*ORIGIN, PIXEL, PIXEL),
-        "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate",
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": bands,
+        "dtype": "uint16",
+        "nodata": 0,
+        "crs": DEMO_CRS,
+        "transform": from_origin(*ORIGIN, PIXEL, PIXEL),
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
+        "compress": "deflate",
     }
     # land-cover classes on a coarse grid of fields: 0 water, 1 vegetation, 2 soil
     field = 64
@@ -149,7 +158,10 @@ def write_parcels(path: Path, count: int, seed: int = 7) -> None:
 
 
 def write_demo(
-    folder: Path, raster_size: int = 4096, features: int = 200_000, tile_size: int = 1024,
+    folder: Path,
+    raster_size: int = 4096,
+    features: int = 200_000,
+    tile_size: int = 1024,
     features_per_tile: int = 50_000,
 ) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)

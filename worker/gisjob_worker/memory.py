@@ -105,15 +105,17 @@ def fit_chunk(
 
 
 def scaled_chunk(
-    chunk: ChunkShape, scale: float, tile_width: int, tile_height: int,
-    block_width: int, block_height: int,
+    chunk: ChunkShape,
+    scale: float,
+    tile_width: int,
+    tile_height: int,
+    block_width: int,
+    block_height: int,
 ) -> ChunkShape | None:
     """The chunk for ``scale`` × its pixels (shrinkChunks), still block-aligned."""
     if scale >= 1.0:
         return chunk
-    return fit_chunk(
-        int(chunk.pixels * scale), tile_width, tile_height, block_width, block_height
-    )
+    return fit_chunk(int(chunk.pixels * scale), tile_width, tile_height, block_width, block_height)
 
 
 def batch_rows_for(
@@ -181,7 +183,10 @@ def measured_baseline(kind: Kind) -> int:
     for _ in range(2):
         proc = subprocess.run(
             [sys.executable, "-c", _PROBE, kind, str(64 * MIB)],
-            capture_output=True, text=True, check=False, timeout=120,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )
         if proc.returncode != 0:

@@ -49,19 +49,37 @@ class WorkerMetrics:
                 child.set_function(fn)
             return child
 
-        gauge("resident_memory_bytes", "Resident set size of the worker", lambda: float(rss_bytes()))
-        gauge("peak_resident_memory_bytes", "High-water mark of the worker's RSS",
-              lambda: float(peak_rss_bytes()))
-        gauge("cgroup_memory_usage_bytes", "Memory usage of the worker's cgroup",
-              _cgroup_value("usage"))
-        gauge("cgroup_memory_limit_bytes", "Memory limit of the worker's cgroup (NaN: none)",
-              _cgroup_value("limit"))
-        gauge("cgroup_memory_peak_bytes", "Peak memory of the worker's cgroup",
-              _cgroup_value("peak"))
-        gauge("gdal_cache_used_bytes", "GDAL block cache in use (rasterio's libgdal)",
-              _cache_value("used"))
-        gauge("gdal_cache_max_bytes", "GDAL block cache size (rasterio's libgdal)",
-              _cache_value("max"))
+        gauge(
+            "resident_memory_bytes", "Resident set size of the worker", lambda: float(rss_bytes())
+        )
+        gauge(
+            "peak_resident_memory_bytes",
+            "High-water mark of the worker's RSS",
+            lambda: float(peak_rss_bytes()),
+        )
+        gauge(
+            "cgroup_memory_usage_bytes",
+            "Memory usage of the worker's cgroup",
+            _cgroup_value("usage"),
+        )
+        gauge(
+            "cgroup_memory_limit_bytes",
+            "Memory limit of the worker's cgroup (NaN: none)",
+            _cgroup_value("limit"),
+        )
+        gauge(
+            "cgroup_memory_peak_bytes", "Peak memory of the worker's cgroup", _cgroup_value("peak")
+        )
+        gauge(
+            "gdal_cache_used_bytes",
+            "GDAL block cache in use (rasterio's libgdal)",
+            _cache_value("used"),
+        )
+        gauge(
+            "gdal_cache_max_bytes",
+            "GDAL block cache size (rasterio's libgdal)",
+            _cache_value("max"),
+        )
         self.budget = gauge("memory_budget_bytes", "Memory budget (request = limit) of the tile")
         self.ceiling = gauge("memory_soft_ceiling_bytes", "Soft ceiling the guard enforces")
         self.estimate = gauge("estimated_peak_bytes", "Peak memory the model predicted")
@@ -75,11 +93,16 @@ class WorkerMetrics:
             f"{PREFIX}_written_bytes", "Bytes of output written", LABELS, registry=registry
         ).labels(**labels)
         self.chunk_seconds = Histogram(
-            f"{PREFIX}_chunk_duration_seconds", "Time per chunk", LABELS,
-            buckets=CHUNK_BUCKETS, registry=registry,
+            f"{PREFIX}_chunk_duration_seconds",
+            "Time per chunk",
+            LABELS,
+            buckets=CHUNK_BUCKETS,
+            registry=registry,
         ).labels(**labels)
         self.memory_failures = Counter(
-            f"{PREFIX}_memory_ceiling_hits", "Chunks refused by the memory guard", LABELS,
+            f"{PREFIX}_memory_ceiling_hits",
+            "Chunks refused by the memory guard",
+            LABELS,
             registry=registry,
         ).labels(**labels)
 
@@ -93,5 +116,10 @@ def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> obje
 def push(registry: CollectorRegistry, url: str, job: str, tile: str) -> None:
     from prometheus_client import push_to_gateway
 
-    push_to_gateway(url, job="gisjob_worker", grouping_key={"gisjob": job, "tile": tile},
-                    registry=registry, timeout=10)
+    push_to_gateway(
+        url,
+        job="gisjob_worker",
+        grouping_key={"gisjob": job, "tile": tile},
+        registry=registry,
+        timeout=10,
+    )

@@ -6,6 +6,7 @@ name; re-running a tile replaces its output atomically.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -49,10 +50,8 @@ def commit(tmp: Path, final: Path) -> int:
 
 def remove_quietly(*paths: Path) -> None:
     for p in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             p.unlink()
-        except FileNotFoundError:
-            pass
 
 
 def stale_temporaries(folder: Path) -> list[Path]:

@@ -101,9 +101,18 @@ class Tile:
         d: dict[str, Any] = {"id": self.id, "file": self.file_index}
         if self.window is not None:
             w = self.window
-            d["window"] = {"colOff": w.col_off, "rowOff": w.row_off, "width": w.width, "height": w.height}
+            d["window"] = {
+                "colOff": w.col_off,
+                "rowOff": w.row_off,
+                "width": w.width,
+                "height": w.height,
+            }
         if self.fids is not None:
-            d["fids"] = {"start": self.fids.start, "stop": self.fids.stop, "features": self.fids.features}
+            d["fids"] = {
+                "start": self.fids.start,
+                "stop": self.fids.stop,
+                "features": self.fids.features,
+            }
         if self.chunk is not None:
             d["chunk"] = {"width": self.chunk.width, "height": self.chunk.height}
         if self.batch_rows is not None:
@@ -146,16 +155,28 @@ class Plan:
         files: list[dict[str, Any]] = []
         for f in self.files:
             if isinstance(f, RasterFile):
-                files.append({
-                    "index": f.index, "uri": f.uri, "width": f.width, "height": f.height,
-                    "blockWidth": f.block_width, "blockHeight": f.block_height,
-                    "bands": list(f.bands), "bytesPerPixel": f.bytes_per_pixel,
-                })
+                files.append(
+                    {
+                        "index": f.index,
+                        "uri": f.uri,
+                        "width": f.width,
+                        "height": f.height,
+                        "blockWidth": f.block_width,
+                        "blockHeight": f.block_height,
+                        "bands": list(f.bands),
+                        "bytesPerPixel": f.bytes_per_pixel,
+                    }
+                )
             else:
-                files.append({
-                    "index": f.index, "uri": f.uri, "layer": f.layer, "features": f.features,
-                    "bytesPerFeature": round(f.bytes_per_feature, 1),
-                })
+                files.append(
+                    {
+                        "index": f.index,
+                        "uri": f.uri,
+                        "layer": f.layer,
+                        "features": f.features,
+                        "bytesPerFeature": round(f.bytes_per_feature, 1),
+                    }
+                )
         return {
             "job": self.job,
             "kind": self.kind,
@@ -235,8 +256,12 @@ def open_raster_source(uri: str) -> Any:
 def _raster_file(index: int, uri: str, op: RasterOperation[Any], params: Any) -> RasterFile:
     with open_raster_source(uri) as ds:
         src = RasterSource(
-            path=uri, count=ds.count, dtypes=tuple(ds.dtypes), nodata=ds.nodata,
-            width=ds.width, height=ds.height,
+            path=uri,
+            count=ds.count,
+            dtypes=tuple(ds.dtypes),
+            nodata=ds.nodata,
+            width=ds.width,
+            height=ds.height,
         )
         try:
             op.check(params, src)
@@ -253,9 +278,17 @@ def _raster_file(index: int, uri: str, op: RasterOperation[Any], params: Any) ->
         out_bpp = out.count * np.dtype(out.dtype).itemsize
         bpp = read_bpp + op.temp_bytes_per_pixel(params, src) + MASK_BYTES_PER_PIXEL + out_bpp
         return RasterFile(
-            index=index, uri=uri, width=ds.width, height=ds.height, count=ds.count,
-            block_width=block_w, block_height=block_h, bands=tuple(bands),
-            read_bytes_per_pixel=read_bpp, bytes_per_pixel=bpp, output=out,
+            index=index,
+            uri=uri,
+            width=ds.width,
+            height=ds.height,
+            count=ds.count,
+            block_width=block_w,
+            block_height=block_h,
+            bands=tuple(bands),
+            read_bytes_per_pixel=read_bpp,
+            bytes_per_pixel=bpp,
+            output=out,
         )
 
 
@@ -271,7 +304,9 @@ def _vector_file(
     try:
         info = pyogrio.read_info(uri, layer=layer, force_feature_count=True)
     except (DataSourceError, DataLayerError) as exc:
-        raise InputError(f"{uri}: not a vector layer GDAL can read ({_one_line(str(exc))})") from None
+        raise InputError(
+            f"{uri}: not a vector layer GDAL can read ({_one_line(str(exc))})"
+        ) from None
     opts = op.read_options(params)
     fields = list(info["fields"])
     for col in opts.columns or []:
@@ -281,12 +316,16 @@ def _vector_file(
                 f"(the layer has {', '.join(fields) or 'no attribute columns'})"
             )
     try:
-        meta, sample = raw.read_arrow(
-            uri, layer=layer, columns=opts.columns, where=opts.where,
-            max_features=VECTOR_SAMPLE_ROWS, return_fids=False,
+        _, sample = raw.read_arrow(
+            uri,
+            layer=layer,
+            columns=opts.columns,
+            where=opts.where,
+            max_features=VECTOR_SAMPLE_ROWS,
+            return_fids=False,
         )
         if sample.num_rows == 0:  # a selective filter: size by the unfiltered rows
-            meta, sample = raw.read_arrow(
+            _meta, sample = raw.read_arrow(
                 uri, layer=layer, columns=opts.columns, max_features=VECTOR_SAMPLE_ROWS
             )
         _, first = raw.read_arrow(
@@ -299,8 +338,13 @@ def _vector_file(
     first_fid = int(first.column(0)[0].as_py()) if first.num_rows and fid_col else 0
     crs = info.get("crs")
     return VectorFile(
-        index=index, uri=uri, layer=layer, features=int(info["features"]),
-        first_fid=first_fid, bytes_per_feature=max(bpf, 64.0), crs=crs,
+        index=index,
+        uri=uri,
+        layer=layer,
+        features=int(info["features"]),
+        first_fid=first_fid,
+        bytes_per_feature=max(bpf, 64.0),
+        crs=crs,
     )
 
 
@@ -333,11 +377,11 @@ def size_raster(
             f"{format_bytes(sizing.baseline_bytes)} + GDAL cache {format_bytes(sizing.cache_bytes)}"
             f" + one {f.block_width}x{f.block_height} block at {bpp} B/pixel, + headroom)"
         )
-    estimate = memory.raster_estimate(
-        sizing.baseline_bytes, sizing.cache_bytes, chunk.pixels, bpp
-    )
-    request = sizing.memory if sizing.memory is not None else memory.request_for(
-        estimate, sizing.headroom
+    estimate = memory.raster_estimate(sizing.baseline_bytes, sizing.cache_bytes, chunk.pixels, bpp)
+    request = (
+        sizing.memory
+        if sizing.memory is not None
+        else memory.request_for(estimate, sizing.headroom)
     )
     return chunk, estimate, request
 
@@ -370,8 +414,10 @@ def size_vector(
     if chunk_scale < 1.0:
         rows = max(1, int(rows * chunk_scale))
     estimate = memory.vector_estimate(sizing.baseline_bytes, sizing.cache_bytes, rows, bpf, factor)
-    request = sizing.memory if sizing.memory is not None else memory.request_for(
-        estimate, sizing.headroom
+    request = (
+        sizing.memory
+        if sizing.memory is not None
+        else memory.request_for(estimate, sizing.headroom)
     )
     return rows, estimate, request
 
@@ -381,8 +427,15 @@ def make_raster_tile(
 ) -> Tile:
     chunk, est, req = size_raster(sizing, f, window, chunk_scale)
     return Tile(
-        id=tile_id, file_index=f.index, window=window, fids=None, chunk=chunk, batch_rows=None,
-        chunks=chunk_count(window, chunk), estimated_peak_bytes=est, memory_request_bytes=req,
+        id=tile_id,
+        file_index=f.index,
+        window=window,
+        fids=None,
+        chunk=chunk,
+        batch_rows=None,
+        chunks=chunk_count(window, chunk),
+        estimated_peak_bytes=est,
+        memory_request_bytes=req,
     )
 
 
@@ -391,8 +444,14 @@ def make_vector_tile(
 ) -> Tile:
     rows, est, req = size_vector(sizing, f, rng, chunk_scale)
     return Tile(
-        id=tile_id, file_index=f.index, window=None, fids=rng, chunk=None, batch_rows=rows,
-        chunks=max(1, math.ceil(rng.features / rows)), estimated_peak_bytes=est,
+        id=tile_id,
+        file_index=f.index,
+        window=None,
+        fids=rng,
+        chunk=None,
+        batch_rows=rows,
+        chunks=max(1, math.ceil(rng.features / rows)),
+        estimated_peak_bytes=est,
         memory_request_bytes=req,
     )
 
@@ -448,8 +507,10 @@ def can_shrink(plan: Plan, tile: Tile, chunk_scale: float) -> bool:
     smaller = resize_tile(plan, tile, chunk_scale)
     if tile.chunk is not None and smaller.chunk is not None:
         return smaller.chunk.pixels < tile.chunk.pixels
-    return smaller.batch_rows is not None and tile.batch_rows is not None and (
-        smaller.batch_rows < tile.batch_rows
+    return (
+        smaller.batch_rows is not None
+        and tile.batch_rows is not None
+        and (smaller.batch_rows < tile.batch_rows)
     )
 
 
@@ -519,5 +580,3 @@ def plan_for_tile(job: GisJob, tile_id: str) -> tuple[Plan, Tile]:
         raise InputError(str(exc)) from None
     plan = build_plan(job, file_indexes=[tid.file_index or 0])
     return plan, plan.tile(tile_id)
-
-

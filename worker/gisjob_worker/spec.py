@@ -37,6 +37,7 @@ DNS1123_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)
 CPU_PATTERN = r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$"
 
 OomStrategy = Literal["shrinkChunks", "split", "grow"]
+DEFAULT_OOM_STRATEGIES: tuple[OomStrategy, ...] = ("shrinkChunks", "split", "grow")
 RasterFormat = Literal["COG", "GTiff"]
 VectorFormat = Literal["GeoParquet", "GPKG"]
 RASTER_FORMATS: tuple[str, ...] = ("COG", "GTiff")
@@ -144,11 +145,14 @@ class ResourcesSpec(_Model):
 
     @model_validator(mode="after")
     def _max_at_least_memory(self) -> ResourcesSpec:
-        if self.memory is not None and self.max_memory is not None:
-            if int(self.max_memory) < int(self.memory):
-                raise ValueError(
-                    f"maxMemory ({self.max_memory}) must not be below memory ({self.memory})"
-                )
+        if (
+            self.memory is not None
+            and self.max_memory is not None
+            and int(self.max_memory) < int(self.memory)
+        ):
+            raise ValueError(
+                f"maxMemory ({self.max_memory}) must not be below memory ({self.memory})"
+            )
         return self
 
     @property
@@ -160,7 +164,7 @@ class ResourcesSpec(_Model):
 class RetrySpec(_Model):
     backoff_limit: int = Field(3, ge=0, description="Retries per tile for non-memory failures.")
     on_out_of_memory: list[OomStrategy] = Field(
-        default_factory=lambda: ["shrinkChunks", "split", "grow"],
+        default_factory=lambda: list(DEFAULT_OOM_STRATEGIES),
         description="Strategies tried in order after an out-of-memory failure.",
     )
 
@@ -180,11 +184,11 @@ class GisJobSpec(_Model):
     input: InputSpec
     operation: OperationSpec
     output: OutputSpec
-    tiling: TilingSpec = Field(default_factory=TilingSpec)  # type: ignore[arg-type]
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)  # type: ignore[arg-type]
+    tiling: TilingSpec = Field(default_factory=TilingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     parallelism: int = Field(4, ge=1, description="Workers alive at once.")
-    retry: RetrySpec = Field(default_factory=RetrySpec)  # type: ignore[arg-type]
-    worker: WorkerSpec = Field(default_factory=WorkerSpec)  # type: ignore[arg-type]
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    worker: WorkerSpec = Field(default_factory=WorkerSpec)
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
     suspend: bool = False
 

@@ -94,7 +94,11 @@ def raster_grid(
     for r in range(math.ceil(height / th)):
         for c in range(math.ceil(width / tw)):
             col_off, row_off = c * tw, r * th
-            yield r, c, Window(col_off, row_off, min(tw, width - col_off), min(th, height - row_off))
+            yield (
+                r,
+                c,
+                Window(col_off, row_off, min(tw, width - col_off), min(th, height - row_off)),
+            )
 
 
 def chunk_windows(tile: Window, chunk: ChunkShape) -> Iterator[Window]:
@@ -136,9 +140,7 @@ def split_window(
             if rh <= 0 or cw_ <= 0:
                 continue
             q = ri * 2 + ci
-            out.append(
-                (f"q{q}", Window(window.col_off + c0, window.row_off + r0, cw_, rh))
-            )
+            out.append((f"q{q}", Window(window.col_off + c0, window.row_off + r0, cw_, rh)))
     return out
 
 

@@ -37,13 +37,14 @@ COG_BLOCK = 512
 def import_raster_stack() -> None:
     """Everything a raster worker imports before its first chunk (the memory baseline)."""
     import rasterio
-    import rasterio.shutil  # noqa: F401
+    import rasterio.shutil
 
     from . import gdalenv
 
-    with rasterio.MemoryFile() as mem, mem.open(
-        driver="GTiff", width=16, height=16, count=1, dtype="uint8"
-    ) as ds:
+    with (
+        rasterio.MemoryFile() as mem,
+        mem.open(driver="GTiff", width=16, height=16, count=1, dtype="uint8") as ds,
+    ):
         ds.write(np.zeros((1, 16, 16), dtype="uint8"))
     gdalenv.rasterio_cache()
 
@@ -157,7 +158,8 @@ def _run_raster(ctx: TileContext, op: RasterOperation[Any], final: Path) -> None
                     window=RioWindow(
                         win.col_off - ctx.tile.window.col_off,
                         win.row_off - ctx.tile.window.row_off,
-                        win.width, win.height,
+                        win.width,
+                        win.height,
                     ),
                 )
                 nbytes = data.nbytes
@@ -170,8 +172,13 @@ def _run_raster(ctx: TileContext, op: RasterOperation[Any], final: Path) -> None
         ctx.progress.temps.append(tmp)
         ctx.guard.check_before(_cache_growth(), "COG conversion")
         rasterio.shutil.copy(
-            str(work), str(tmp), driver="COG", compress="DEFLATE",
-            blocksize=COG_BLOCK, overview_resampling="nearest", num_threads=1,
+            str(work),
+            str(tmp),
+            driver="COG",
+            compress="DEFLATE",
+            blocksize=COG_BLOCK,
+            overview_resampling="nearest",
+            num_threads=1,
         )
         outputs.remove_quietly(work)
         ctx.guard.check_after("COG conversion")
@@ -216,15 +223,21 @@ def _run_vector(ctx: TileContext, op: VectorOperation[Any], final: Path) -> None
     tmp = outputs.temp_path(final)
     ctx.progress.temps.append(tmp)
     per_batch = int(
-        ctx.tile.batch_rows * f.bytes_per_feature
-        * (ctx.plan.sizing.memory_factor + VECTOR_STREAM_BATCHES - 1) * (1 + CHUNK_SLACK)
+        ctx.tile.batch_rows
+        * f.bytes_per_feature
+        * (ctx.plan.sizing.memory_factor + VECTOR_STREAM_BATCHES - 1)
+        * (1 + CHUNK_SLACK)
     )
     fmt = ctx.plan.output_format
     writer: Any = None
     try:
         with raw.open_arrow(
-            f.uri, layer=f.layer, columns=opts.columns, where=where,
-            batch_size=ctx.tile.batch_rows, use_pyarrow=True,
+            f.uri,
+            layer=f.layer,
+            columns=opts.columns,
+            where=where,
+            batch_size=ctx.tile.batch_rows,
+            use_pyarrow=True,
         ) as (meta, reader):
             geom_name = meta.get("geometry_name") or "wkb_geometry"
             crs = meta.get("crs")
@@ -258,10 +271,16 @@ def _run_vector(ctx: TileContext, op: VectorOperation[Any], final: Path) -> None
                 _chunk_done(ctx, started, nbytes, rss0, rss1, None)
                 index += 1
             if writer is None:  # no feature matched: an empty part that still has the schema
-                empty = _plain_geometry(reader.schema.empty_table().rename_columns(
-                    ["geometry" if n == geom_name else n for n in reader.schema.names]
-                ))
-                empty = op.apply(params, empty, crs) if crs or not getattr(params, "area", False) else empty
+                empty = _plain_geometry(
+                    reader.schema.empty_table().rename_columns(
+                        ["geometry" if n == geom_name else n for n in reader.schema.names]
+                    )
+                )
+                empty = (
+                    op.apply(params, empty, crs)
+                    if crs or not getattr(params, "area", False)
+                    else empty
+                )
                 if fmt == "GPKG":
                     _write_gpkg(empty, tmp, meta, append=False)
                 else:
@@ -297,9 +316,14 @@ def _write_gpkg(table: Any, path: Path, meta: dict[str, Any], *, append: bool) -
     from pyogrio.raw import write_arrow
 
     write_arrow(
-        table, str(path), layer=final_layer_name(path), driver="GPKG",
-        geometry_name="geometry", geometry_type=meta.get("geometry_type") or "Unknown",
-        crs=meta.get("crs"), append=append,
+        table,
+        str(path),
+        layer=final_layer_name(path),
+        driver="GPKG",
+        geometry_name="geometry",
+        geometry_type=meta.get("geometry_type") or "Unknown",
+        crs=meta.get("crs"),
+        append=append,
     )
 
 
@@ -362,8 +386,12 @@ def run_tile(job: GisJob, opts: WorkerOptions, cgroup: CgroupMemory | None = Non
             opts.metrics.ceiling.set(guard.soft)
             opts.metrics.estimate.set(tile.estimated_peak_bytes)
         log.info(
-            "tile.start", chunks=tile.chunks, estimate=tile.estimated_peak_bytes,
-            budget=guard.hard, soft_ceiling=guard.soft, rss=rss_bytes(),
+            "tile.start",
+            chunks=tile.chunks,
+            estimate=tile.estimated_peak_bytes,
+            budget=guard.hard,
+            soft_ceiling=guard.soft,
+            rss=rss_bytes(),
             chunk=[tile.chunk.width, tile.chunk.height] if tile.chunk else tile.batch_rows,
         )
         ctx = TileContext(job, plan, tile, guard, opts.metrics, log, progress)
@@ -402,7 +430,10 @@ def run_tile(job: GisJob, opts: WorkerOptions, cgroup: CgroupMemory | None = Non
     if opts.metrics is not None:
         opts.metrics.bytes_written.inc(progress.bytes_written)
     log.info(
-        "tile.end", outcome=record.outcome, peak_rss=record.peakRssBytes,
-        seconds=record.seconds, error=record.error,
+        "tile.end",
+        outcome=record.outcome,
+        peak_rss=record.peakRssBytes,
+        seconds=record.seconds,
+        error=record.error,
     )
     return record

@@ -13,7 +13,9 @@ import click
 @click.option("--features", default=200_000, show_default=True, help="Parcels in the GeoPackage.")
 @click.option("--tile-size", default=1024, show_default=True, help="tileSize of the raster jobs.")
 @click.option("--features-per-tile", default=50_000, show_default=True)
-def demo(folder: Path, raster_size: int, features: int, tile_size: int, features_per_tile: int) -> None:
+def demo(
+    folder: Path, raster_size: int, features: int, tile_size: int, features_per_tile: int
+) -> None:
     """Write a Sentinel-2-like raster, a parcels GeoPackage and jobs under FOLDER/jobs."""
     from ..demo import write_demo
 

@@ -44,8 +44,13 @@ def plan(job_file: str, as_json: bool) -> None:
         else:
             assert t.fids is not None
             size = f"{t.fids.features} features"
-        table.add_row(t.id, size, str(t.chunks), format_bytes(t.estimated_peak_bytes),
-                      format_bytes(t.memory_request_bytes))
+        table.add_row(
+            t.id,
+            size,
+            str(t.chunks),
+            format_bytes(t.estimated_peak_bytes),
+            format_bytes(t.memory_request_bytes),
+        )
     if len(p.tiles) > SHOWN:
         table.add_row(f"... {len(p.tiles) - SHOWN} more", "", "", "", "")
     console = Console()

@@ -38,22 +38,49 @@ def _default_result_path() -> str | None:
 
 
 @click.command()
-@click.option("--job", "job_file", type=click.Path(dir_okay=False), help="Job file "
-              "(default: $GISJOB_JOB, then $GISJOB_JOB_FILE or /etc/gisjob/job.yaml).")
+@click.option(
+    "--job",
+    "job_file",
+    type=click.Path(dir_okay=False),
+    help="Job file (default: $GISJOB_JOB, then $GISJOB_JOB_FILE or /etc/gisjob/job.yaml).",
+)
 @click.option("--tile", envvar="GISJOB_TILE", required=True, help="Tile id, e.g. r0003c0007.")
-@click.option("--result", "result_path", help="Result record path "
-              "(default: $GISJOB_RESULT_PATH, in pods /dev/termination-log).")
-@click.option("--metrics-port", type=int, envvar="GISJOB_METRICS_PORT",
-              help="Serve Prometheus metrics on this port while running.")
+@click.option(
+    "--result",
+    "result_path",
+    help="Result record path (default: $GISJOB_RESULT_PATH, in pods /dev/termination-log).",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    envvar="GISJOB_METRICS_PORT",
+    help="Serve Prometheus metrics on this port while running.",
+)
 @click.option("--pushgateway", envvar="GISJOB_PUSHGATEWAY", help="Push metrics here at exit.")
-@click.option("--memory", "memory_text", envvar="GISJOB_MEMORY",
-              help="Memory budget (quantity); default: the tile's planned request.")
-@click.option("--chunk-scale", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0,
-              envvar="GISJOB_CHUNK_SCALE", show_default=True, help="Shrink chunks by this factor.")
+@click.option(
+    "--memory",
+    "memory_text",
+    envvar="GISJOB_MEMORY",
+    help="Memory budget (quantity); default: the tile's planned request.",
+)
+@click.option(
+    "--chunk-scale",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=1.0,
+    envvar="GISJOB_CHUNK_SCALE",
+    show_default=True,
+    help="Shrink chunks by this factor.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def worker(
-    job_file: str | None, tile: str, result_path: str | None, metrics_port: int | None,
-    pushgateway: str | None, memory_text: str | None, chunk_scale: float, log_level: str,
+    job_file: str | None,
+    tile: str,
+    result_path: str | None,
+    metrics_port: int | None,
+    pushgateway: str | None,
+    memory_text: str | None,
+    chunk_scale: float,
+    log_level: str,
 ) -> None:
     """Process one tile within its memory budget; exit 0, 2 (input), 3 (memory) or other."""
     from .. import logs
@@ -84,8 +111,9 @@ def worker(
     metrics = WorkerMetrics(registry, job.name, tile)
     if metrics_port is not None:
         serve(registry, metrics_port)
-    record = run_tile(job, WorkerOptions(tile=tile, memory=budget, chunk_scale=chunk_scale,
-                                         metrics=metrics))
+    record = run_tile(
+        job, WorkerOptions(tile=tile, memory=budget, chunk_scale=chunk_scale, metrics=metrics)
+    )
     path = result_path or _default_result_path()
     if path:
         write_result(record, path)

@@ -106,10 +106,10 @@ def _eval(node: ast.expr, bands: dict[int, np.ndarray]) -> Any:
         return value
     if isinstance(node, ast.BoolOp):
         fn = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
-        result = _eval(node.values[0], bands)
+        acc = _eval(node.values[0], bands)
         for v in node.values[1:]:
-            result = fn(result, _eval(v, bands))
-        return result
+            acc = fn(acc, _eval(v, bands))
+        return acc
     if isinstance(node, ast.Compare):
         left = _eval(node.left, bands)
         result: Any = None
@@ -120,9 +120,7 @@ def _eval(node: ast.expr, bands: dict[int, np.ndarray]) -> Any:
             left = right
         return result
     if isinstance(node, ast.IfExp):
-        return np.where(
-            _eval(node.test, bands), _eval(node.body, bands), _eval(node.orelse, bands)
-        )
+        return np.where(_eval(node.test, bands), _eval(node.body, bands), _eval(node.orelse, bands))
     if isinstance(node, ast.Call):
         assert isinstance(node.func, ast.Name)
         return FUNCTIONS[node.func.id](*(_eval(a, bands) for a in node.args))
@@ -165,7 +163,8 @@ def _check(node: ast.AST, bands: set[int]) -> int:
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name):
             raise UnsafeExpression(
-                _describe(node.func) if isinstance(node.func, ast.Attribute)
+                _describe(node.func)
+                if isinstance(node.func, ast.Attribute)
                 else "only plain function names may be called"
             )
         name = node.func.id

@@ -67,7 +67,9 @@ def area_km2(wkb: pa.Array | pa.ChunkedArray, crs: str, equal_area_crs: str) -> 
 
     geoms = shapely.from_wkb(np.asarray(wkb.to_numpy(zero_copy_only=False), dtype=object))
     tr = _transformer(crs, equal_area_crs)
-    projected = shapely.transform(geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+    projected = shapely.transform(
+        geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))
+    )
     del geoms
     areas = shapely.area(projected) / 1e6
     del projected
