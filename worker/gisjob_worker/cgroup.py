@@ -98,3 +98,96 @@ def current(
                     oom_kills=_read_kv(d / "memory.events", "oom_kill"),
                 )
     return None
+
+
+# ------------------------------------------------------------------ child cgroups (local)
+
+
+@dataclass
+class ChildCgroup:
+    """A memory cgroup made for one worker process: a real, kernel-enforced limit."""
+
+    version: int
+    path: Path
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def stats(self) -> CgroupMemory:
+        d = self.path
+        if self.version == 1:
+            return CgroupMemory(
+                version=1,
+                path=d,
+                limit=_read_int(d / "memory.limit_in_bytes"),
+                usage=_read_int(d / "memory.usage_in_bytes"),
+                peak=_read_int(d / "memory.max_usage_in_bytes"),
+                oom_kills=_read_kv(d / "memory.oom_control", "oom_kill"),
+            )
+        return CgroupMemory(
+            version=2,
+            path=d,
+            limit=_read_int(d / "memory.max"),
+            usage=_read_int(d / "memory.current"),
+            peak=_read_int(d / "memory.peak"),
+            oom_kills=_read_kv(d / "memory.events", "oom_kill"),
+        )
+
+    def remove(self) -> None:
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
+def _own_dirs(root: Path) -> list[tuple[int, Path]]:
+    try:
+        v2, v1 = parse_proc_cgroup(Path("/proc/self/cgroup").read_text())
+    except OSError:
+        return []
+    dirs: list[tuple[int, Path]] = []
+    if v1 is not None:
+        dirs.append((1, root / "memory" / v1.lstrip("/")))
+    if v2 is not None:
+        for base in (root, root / "unified"):
+            if (base / "cgroup.controllers").exists():
+                dirs.append((2, base / v2.lstrip("/")))
+    return dirs
+
+
+def create_child(name: str, limit: int, root: Path = CGROUP_ROOT) -> ChildCgroup | None:
+    """A child memory cgroup with ``limit`` bytes, or None where none can be made here.
+
+    Tries cgroup v1 (``memory.limit_in_bytes``; swap capped too) and v2 (``memory.max``,
+    ``memory.swap.max``) under this process's own cgroup.
+    """
+    for version, parent in _own_dirs(root):
+        d = parent / name
+        try:
+            if version == 1:
+                if not (parent / "memory.limit_in_bytes").exists():
+                    continue
+                d.mkdir(exist_ok=True)
+                (d / "memory.limit_in_bytes").write_text(str(limit))
+                memsw = d / "memory.memsw.limit_in_bytes"
+                if memsw.exists():
+                    try:
+                        memsw.write_text(str(limit))
+                    except OSError:
+                        pass
+            else:
+                controllers = (parent / "cgroup.subtree_control").read_text().split()
+                if "memory" not in controllers:
+                    continue
+                d.mkdir(exist_ok=True)
+                (d / "memory.max").write_text(str(limit))
+                if (d / "memory.swap.max").exists():
+                    (d / "memory.swap.max").write_text("0")
+            return ChildCgroup(version, d)
+        except OSError:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+            continue
+    return None

@@ -28,7 +28,18 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """High-water mark of this process's RSS (``ru_maxrss`` is KiB on Linux)."""
+    """High-water mark of this process's RSS: ``VmHWM`` of its own address space.
+
+    ``ru_maxrss`` is not used where VmHWM exists: Linux carries it over from the forked copy
+    of the parent across ``exec``, so a worker started by a 400 MB parent would report 400 MB.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

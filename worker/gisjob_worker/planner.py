@@ -519,6 +519,14 @@ def can_shrink(plan: Plan, tile: Tile, chunk_scale: float) -> bool:
 
 def build_plan(job: GisJob, *, file_indexes: list[int] | None = None) -> Plan:
     """Plan the job. ``file_indexes`` limits metadata reads to some files (a worker needs one)."""
+    try:
+        return _build_plan(job, file_indexes)
+    except SpecError as exc:
+        msg = str(exc)
+        raise SpecError(f"{job.source}: {msg}" if msg.startswith("spec.") else msg) from None
+
+
+def _build_plan(job: GisJob, file_indexes: list[int] | None) -> Plan:
     op = get_operation(job.spec.operation.name)
     params = op.parse_params(job.spec.operation.params)
     uris = input_files(job)

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -203,6 +204,12 @@ class GisJob(BaseModel):
     metadata: ObjectMeta
     spec: GisJobSpec
     status: dict[str, Any] | None = Field(None, description="Written by the operator only.")
+    _source: str = PrivateAttr(default="job")
+
+    @property
+    def source(self) -> str:
+        """Where the document came from (a file path), for error messages."""
+        return self._source
 
     @property
     def name(self) -> str:
@@ -265,6 +272,7 @@ def parse_job(data: Any, source: str = "job") -> GisJob:
     from .registry import validate_operation  # the registry imports operations lazily
 
     validate_operation(job, source)
+    job._source = source
     return job
 
 
@@ -287,7 +295,9 @@ def resolve_paths(job: GisJob, base: Path) -> GisJob:
     )
     new_output = spec.output.model_copy(update={"uri": _resolve_local(spec.output.uri, base)})
     new_spec = spec.model_copy(update={"input": new_input, "output": new_output})
-    return job.model_copy(update={"spec": new_spec})
+    resolved = job.model_copy(update={"spec": new_spec})
+    resolved._source = job.source
+    return resolved
 
 
 def load_job_text(text: str, source: str, base: Path | None = None) -> GisJob:
