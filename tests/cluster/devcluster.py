@@ -123,15 +123,15 @@ def find_binaries(build: bool = True) -> Path:
 
 
 def _openssl(*args: str, cwd: Path | None = None) -> None:
-    proc = subprocess.run(
-        ["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise ClusterError(f"openssl {args[0]} failed: {proc.stderr.strip().splitlines()[-1:]}")
 
 
 def _ec_key(path: Path) -> None:
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path))
+    _openssl(
+        "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path)
+    )
     path.chmod(0o600)
 
 
@@ -159,24 +159,46 @@ class Pki:
         if not self.ca_crt.exists():
             _ec_key(self.ca_key)
             _openssl(
-                "req", "-x509", "-new", "-key", str(self.ca_key), "-out", str(self.ca_crt),
-                "-days", "3650", "-subj", "/CN=gisjob-dev-ca",
-                "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-            )  # fmt: skip
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                str(self.ca_key),
+                "-out",
+                str(self.ca_crt),
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=gisjob-dev-ca",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            )
         if not (self.dir / "apiserver.crt").exists():
             sans = [
-                "IP:127.0.0.1", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes",
-                "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
+                "IP:127.0.0.1",
+                "IP:10.96.0.1",
+                "DNS:localhost",
+                "DNS:kubernetes",
+                "DNS:kubernetes.default",
+                "DNS:kubernetes.default.svc",
                 "DNS:kubernetes.default.svc.cluster.local",
-            ]  # fmt: skip
+            ]
             self.sign("apiserver", "kube-apiserver", (), server=True, sans=sans)
         if not (self.dir / "sa.key").exists():
             _openssl(
-                "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
-                "-out", str(self.dir / "sa.key"),
-            )  # fmt: skip
-            _openssl("pkey", "-in", str(self.dir / "sa.key"), "-pubout", "-out", str(self.dir / "sa.pub"))
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                str(self.dir / "sa.key"),
+            )
+            _openssl(
+                "pkey", "-in", str(self.dir / "sa.key"), "-pubout", "-out", str(self.dir / "sa.pub")
+            )
 
     def sign(
         self,
@@ -195,7 +217,10 @@ class Pki:
         out.mkdir(parents=True, exist_ok=True)
         key, crt = out / f"{name}.key", out / f"{name}.crt"
         _ec_key(key)
-        ext = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment"]
+        ext = [
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+        ]
         ext.append(f"extendedKeyUsage={'serverAuth' if server else 'clientAuth'}")
         if sans:
             ext.append("subjectAltName=" + ",".join(sans))
@@ -204,10 +229,23 @@ class Pki:
             extfile.write_text("\n".join(ext) + "\n")
             _openssl("req", "-new", "-key", str(key), "-out", str(csr), "-subj", _subject(cn, orgs))
             _openssl(
-                "x509", "-req", "-in", str(csr), "-CA", str(self.ca_crt), "-CAkey", str(self.ca_key),
-                "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "3650",
-                "-out", str(crt), "-extfile", str(extfile),
-            )  # fmt: skip
+                "x509",
+                "-req",
+                "-in",
+                str(csr),
+                "-CA",
+                str(self.ca_crt),
+                "-CAkey",
+                str(self.ca_key),
+                "-set_serial",
+                str(int.from_bytes(os.urandom(8), "big")),
+                "-days",
+                "3650",
+                "-out",
+                str(crt),
+                "-extfile",
+                str(extfile),
+            )
         return crt, key
 
 
@@ -334,8 +372,12 @@ class DevCluster:
         state.setdefault("kubelet_token", secrets.token_hex(16))
         state["bin_dir"] = str(self.bin_dir)
         if self.etcd_in_memory:
-            state.setdefault("etcd_data", tempfile.mkdtemp(prefix="gisjob-etcd-", dir="/dev/shm")
-                             if Path("/dev/shm").is_dir() else str(self.state_dir / "etcd"))
+            state.setdefault(
+                "etcd_data",
+                tempfile.mkdtemp(prefix="gisjob-etcd-", dir="/dev/shm")
+                if Path("/dev/shm").is_dir()
+                else str(self.state_dir / "etcd"),
+            )
         else:
             state.setdefault("etcd_data", str(self.state_dir / "etcd"))
         self._save_state(state)
@@ -495,9 +537,10 @@ class DevCluster:
             {"token": state["kcm_token"]},
         )
         self._write_kubeconfig(
-            self.state_dir / "kubelet.kubeconfig", "gisjob-test-kubelet",
+            self.state_dir / "kubelet.kubeconfig",
+            "gisjob-test-kubelet",
             {"token": state["kubelet_token"]},
-        )  # fmt: skip
+        )
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         log = self._logfile(name)
@@ -526,14 +569,18 @@ class DevCluster:
                 + _log_tail(self._logfile(name))
             )
         if proc is None and self._pidfile(name).read() is None:
-            raise ClusterError(f"{name} is not running; log tail:\n" + _log_tail(self._logfile(name)))
+            raise ClusterError(
+                f"{name} is not running; log tail:\n" + _log_tail(self._logfile(name))
+            )
 
     def _start_etcd(self, state: dict[str, Any], deadline: float) -> None:
         assert self.bin_dir is not None
         cport, pport = state["etcd_port"], state["etcd_peer_port"]
         for p in (cport, pport):
             if port_in_use(p):
-                raise ClusterError(f"port in use: 127.0.0.1:{p} (etcd); run `down` or pick a new state dir")
+                raise ClusterError(
+                    f"port in use: 127.0.0.1:{p} (etcd); run `down` or pick a new state dir"
+                )
         client = f"http://127.0.0.1:{cport}"
         peer = f"http://127.0.0.1:{pport}"
         self._spawn(
@@ -562,7 +609,9 @@ class DevCluster:
             except (OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise ClusterError("etcd failed to become healthy; log tail:\n" + _log_tail(self._logfile("etcd")))
+                raise ClusterError(
+                    "etcd failed to become healthy; log tail:\n" + _log_tail(self._logfile("etcd"))
+                )
             time.sleep(0.1)
 
     def _start_apiserver(self, state: dict[str, Any], deadline: float) -> None:
@@ -673,7 +722,9 @@ class DevCluster:
             if time.monotonic() > deadline:
                 what = "kubelet node" if self.kubelet else "controller manager"
                 name = "kubelet" if self.kubelet else "kube-controller-manager"
-                raise ClusterError(f"{what} not ready in time; log tail:\n" + _log_tail(self._logfile(name)))
+                raise ClusterError(
+                    f"{what} not ready in time; log tail:\n" + _log_tail(self._logfile(name))
+                )
             time.sleep(0.2)
 
     def _stop(self, name: str, grace: float = 15.0) -> bool:
@@ -733,14 +784,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("status", "show component status"),
     ):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--state", type=Path, default=REPO / ".state" / "cluster",
-                       help="state directory (default: <repo>/.state/cluster)")  # fmt: skip
+        p.add_argument(
+            "--state",
+            type=Path,
+            default=REPO / ".state" / "cluster",
+            help="state directory (default: <repo>/.state/cluster)",
+        )
         if name == "up":
-            p.add_argument("--no-kubelet", action="store_true", help="do not start the test kubelet")
+            p.add_argument(
+                "--no-kubelet", action="store_true", help="do not start the test kubelet"
+            )
             p.add_argument("--bin-dir", type=Path, help="directory with etcd/kube-apiserver/...")
             p.add_argument("--timeout", type=float, default=90.0)
-            p.add_argument("--kubelet-arg", action="append", default=[],
-                           help="extra argument for kubelet.py (repeatable)")  # fmt: skip
+            p.add_argument(
+                "--kubelet-arg",
+                action="append",
+                default=[],
+                help="extra argument for kubelet.py (repeatable)",
+            )
         if name == "down":
             p.add_argument("--keep-state", action="store_true")
     args = parser.parse_args(argv)
@@ -760,7 +821,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"dev cluster already up at {cluster.server}")
             print(f"export KUBECONFIG={cluster.kubeconfig}")
-            print("kubectl get nodes    # then: devcluster.py down --state " + str(cluster.state_dir))
+            print(
+                "kubectl get nodes    # then: devcluster.py down --state " + str(cluster.state_dir)
+            )
         elif args.cmd == "down":
             cluster = DevCluster(state)
             if not cluster.state_dir.exists():
@@ -781,7 +844,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"{st.name:<24} stopped  (log: {st.log})")
                     rc = 1 if st.name != "kubelet" else rc
             with contextlib.suppress(ClusterError):
-                print(f"api server {cluster.server}: {'ready' if cluster._readyz() else 'NOT ready'}")
+                print(
+                    f"api server {cluster.server}: {'ready' if cluster._readyz() else 'NOT ready'}"
+                )
                 print(f"export KUBECONFIG={cluster.kubeconfig}")
             return rc
     except ClusterError as e:

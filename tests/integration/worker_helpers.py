@@ -89,6 +89,7 @@ class WorkerRun:
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> WorkerRun:
     proc = subprocess.run(
         [GISJOB, *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
