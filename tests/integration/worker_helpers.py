@@ -105,3 +105,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
 
 def run_worker(job: Path, tile: str, *extra: str, **kw: Any) -> WorkerRun:
     return run_cli("worker", "--job", str(job), "--tile", tile, *extra, **kw)
+
+
+def budget_mib(kind: str, cache_mib: int, working_mib: float, headroom: float = 0.2) -> str:
+    """A memory quantity leaving ``working_mib`` for chunks on this machine's real baseline."""
+    from gisjob_worker import memory
+
+    baseline = memory.measured_baseline(kind)  # type: ignore[arg-type]
+    estimate = baseline + cache_mib * 2**20 + memory.FIXED_SLACK + working_mib * 2**20
+    return f"{int(estimate * (1 + headroom) / 2**20) + 1}Mi"

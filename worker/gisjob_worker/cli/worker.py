@@ -10,6 +10,7 @@ import click
 
 from ..errors import EXIT_INPUT, SpecError
 from ..quantity import parse_quantity
+from ..result import ResultRecord
 from .errors import fail
 
 MOUNTED_JOB = "/etc/gisjob/job.yaml"
@@ -35,6 +36,17 @@ def _default_result_path() -> str | None:
     if env:
         return env
     return TERMINATION_LOG if os.access(TERMINATION_LOG, os.W_OK) else None
+
+
+def _finish(record: ResultRecord, path: str | None) -> None:
+    """Write the record to the result path (the pod's termination message) and stdout."""
+    from ..guard import peak_rss_bytes
+    from ..result import write_result
+
+    record.peakRssBytes = record.peakRssBytes or peak_rss_bytes()
+    if path:
+        write_result(record, path)
+    click.echo(record.to_json())
 
 
 @click.command()
@@ -84,18 +96,24 @@ def worker(
 ) -> None:
     """Process one tile within its memory budget; exit 0, 2 (input), 3 (memory) or other."""
     from .. import logs
+    from ..result import ResultRecord
     from ..spec import GisJob
 
     logs.configure(log_level)
+    path = result_path or _default_result_path()
     try:
         job = _load(job_file)
         assert isinstance(job, GisJob)
         budget = parse_quantity(memory_text) if memory_text else None
-    except SpecError as exc:
-        fail(str(exc), EXIT_INPUT)
-        return
-    except ValueError as exc:
-        fail(f"--memory: {exc}", EXIT_INPUT)
+    except (SpecError, ValueError) as exc:
+        message = str(exc) if isinstance(exc, SpecError) else f"--memory: {exc}"
+        _finish(
+            ResultRecord(
+                tile=tile, outcome="input", exitCode=EXIT_INPUT, peakRssBytes=0, error=message
+            ),
+            path,
+        )
+        fail(message, EXIT_INPUT)
         return
     from .. import gdalenv
 
@@ -104,7 +122,6 @@ def worker(
     from prometheus_client import CollectorRegistry
 
     from ..metrics import WorkerMetrics, push, serve
-    from ..result import write_result
     from ..worker import WorkerOptions, run_tile
 
     registry = CollectorRegistry()
@@ -114,10 +131,7 @@ def worker(
     record = run_tile(
         job, WorkerOptions(tile=tile, memory=budget, chunk_scale=chunk_scale, metrics=metrics)
     )
-    path = result_path or _default_result_path()
-    if path:
-        write_result(record, path)
-    click.echo(record.to_json())
+    _finish(record, path)
     if pushgateway:
         try:
             push(registry, pushgateway, job.name, tile)
