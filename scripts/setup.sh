@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install gisjob into ./.venv (Python 3.11+), with the development tools.
+# Idempotent: re-running only installs what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: $PYTHON is $("$PYTHON" --version 2>&1); gisjob needs Python 3.11 or newer" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+echo "setup: gisjob installed in $(pwd)/.venv ($(.venv/bin/gisjob --version))"
