@@ -84,7 +84,7 @@ def write_raster(
 ) -> Path:
     """A small tiled GeoTIFF (UTM 33N) with deterministic pseudo-random content."""
     import rasterio
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 1000, size=(count, height, width)).astype(dtype)
@@ -100,7 +100,7 @@ def write_raster(
         blockxsize=block,
         blockysize=block,
         crs="EPSG:32633",
-        transform=from_origin(500_000, 5_000_000, 10, 10),
+        transform=Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 5_000_000.0),
         nodata=nodata,
         compress="deflate",
     ) as ds:
