@@ -387,12 +387,16 @@ class DevCluster:
         deadline = time.monotonic() + timeout
         if not st["etcd"].running:
             self._start_etcd(state, deadline)
+        # The kubelet retries until the API server is up: start it at once so its
+        # (Python) start-up overlaps the API server's. The controller manager
+        # gives up after 10 s without a healthy API server: start it after.
         if not st["kube-apiserver"].running:
-            self._start_apiserver(state, deadline)
-        if not st["kube-controller-manager"].running:
-            self._start_kcm(state)
+            self._start_apiserver(state, deadline, wait=False)
         if self.kubelet and not st["kubelet"].running:
             self._start_kubelet(state)
+        self._wait_apiserver(deadline)
+        if not st["kube-controller-manager"].running:
+            self._start_kcm(state)
         self._wait_ready(deadline)
         return True
 
@@ -614,7 +618,7 @@ class DevCluster:
                 )
             time.sleep(0.1)
 
-    def _start_apiserver(self, state: dict[str, Any], deadline: float) -> None:
+    def _start_apiserver(self, state: dict[str, Any], deadline: float, wait: bool = True) -> None:
         if self.bin_dir is None:
             self.bin_dir = Path(state["bin_dir"])
         port = state["apiserver_port"]
@@ -649,6 +653,10 @@ class DevCluster:
                 "--v=1",
             ],
         )
+        if wait:
+            self._wait_apiserver(deadline)
+
+    def _wait_apiserver(self, deadline: float) -> None:
         while True:
             self._check_alive("kube-apiserver")
             if self._readyz():

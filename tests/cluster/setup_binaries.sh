@@ -37,6 +37,14 @@ if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
 fi
 
 CACHE="${GISJOB_CACHE:-$HOME/.cache/gisjob}"
+# Bump when the build recipe changes so stale caches are not reused.
+RECIPE=r2
+# Kubernetes 1.20 vendors modern-go/reflect2 1.0.1, which crashes under Go >= 1.18
+# (SIGSEGV in mapiterinit while encoding maps, e.g. on the first custom resource
+# write). Debian ships the fixed 1.0.2 and json-iterator 1.1.12 (what later
+# Kubernetes releases vendor); they replace the vendored copies before building.
+VENDOR_FIX_PKGS=(golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev)
+VENDOR_FIX_PATHS=(github.com/modern-go/reflect2 github.com/json-iterator/go)
 SRC_LIST=/etc/apt/sources.list.d/gisjob-deb-src.sources
 export DEBIAN_FRONTEND=noninteractive
 
@@ -74,7 +82,7 @@ ensure_etcd() {
 # 2. cache -----------------------------------------------------------------
 version="$(local_version)"
 if [[ -n "$version" ]]; then
-    bin="$CACHE/k8s-$(safe "$version")/bin"
+    bin="$CACHE/k8s-$(safe "$version")-$RECIPE/bin"
     if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" ]]; then
         ensure_etcd "$bin"
         log "cached build for kubernetes $version"
@@ -83,7 +91,7 @@ if [[ -n "$version" ]]; then
     fi
 else
     # No apt metadata (fresh machine before `apt-get update`): any complete cached build.
-    for d in "$CACHE"/k8s-*/bin; do
+    for d in "$CACHE"/k8s-*-"$RECIPE"/bin; do
         if [[ -x "$d/kube-apiserver" && -x "$d/kube-controller-manager" ]]; then
             ensure_etcd "$d"
             log "cached build at $d"
@@ -134,6 +142,9 @@ command -v make >/dev/null || need+=(make)
 command -v rsync >/dev/null || need+=(rsync)
 command -v jq >/dev/null || need+=(jq)
 command -v etcd >/dev/null || need+=(etcd-server)
+for p in "${VENDOR_FIX_PKGS[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     as_root apt-get install -y --no-install-recommends "${need[@]}" >&2
@@ -141,7 +152,7 @@ fi
 
 version="$(apt-cache showsrc kubernetes | awk '/^Version:/{print $2; exit}')"
 [[ -n "$version" ]] || die "apt-cache showsrc kubernetes found nothing (deb-src entry not working?)"
-key="k8s-$(safe "$version")"
+key="k8s-$(safe "$version")-$RECIPE"
 root="$CACHE/$key"
 bin="$root/bin"
 if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" ]]; then
@@ -163,6 +174,14 @@ if [[ ! -f "$tree/.gisjob-unpacked" ]]; then
     dpkg-source --no-check -x "$dsc" "$tree" >&2
     touch "$tree/.gisjob-unpacked"
 fi
+for p in "${VENDOR_FIX_PATHS[@]}"; do
+    src="/usr/share/gocode/src/$p"
+    [[ -d "$src" ]] || die "missing $src (from ${VENDOR_FIX_PKGS[*]})"
+    rm -rf "${tree:?}/vendor/$p"
+    mkdir -p "$tree/vendor/$p"
+    (cd "$src" && find . -name '*.go' ! -name '*_test.go' -print0 | xargs -0 cp --parents -t "$tree/vendor/$p")
+done
+log "replaced vendored ${VENDOR_FIX_PATHS[*]} with Debian's Go 1.18+-compatible versions"
 mkdir -p "$gopath/src/k8s.io"
 ln -sfn "$tree" "$gopath/src/k8s.io/kubernetes"
 
@@ -185,5 +204,9 @@ for cmd in kube-apiserver kube-controller-manager; do
     mv "$bin/$cmd.tmp" "$bin/$cmd"
 done
 ensure_etcd "$bin"
+if [[ "${GISJOB_KEEP_BUILD_TREE:-0}" != 1 ]]; then
+    # 2+ GB of source and objects; the downloaded source package stays for rebuilds.
+    rm -rf "$tree" "$gopath" "$root/gocache" "$root/home" "$root"/kubernetes_*.orig.tar.*
+fi
 log "cold build finished in $(( $(date +%s) - t0 ))s; cached in $bin"
 echo "$bin"

@@ -1,0 +1,125 @@
+"""Small helpers for tests that talk to a cluster (dev control plane or real)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias, TypeVar
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+T = TypeVar("T")
+# The kubernetes client's annotations want model objects for request bodies and
+# make every response field Optional; tests pass plain dicts (which the client
+# accepts) and read fields directly, so tests type API objects loosely.
+Api: TypeAlias = Any
+Obj: TypeAlias = Any
+# On the dev cluster the image only selects a local environment (kubelet.py
+# ImageRules); on a real cluster it must provide `sh` and `python3`.
+TEST_IMAGE = "python:3.11-slim"
+
+
+@dataclass
+class ClusterHandle:
+    """What cluster tests get: a kubeconfig and, on the dev cluster, its controller."""
+
+    kubeconfig: Path
+    dev: Any | None  # devcluster.DevCluster when the tests started the control plane
+
+    @property
+    def is_dev(self) -> bool:
+        return self.dev is not None
+
+    def api_client(self, kubeconfig: Path | None = None) -> k8s.ApiClient:
+        return new_client(kubeconfig or self.kubeconfig)
+
+
+def new_client(kubeconfig: Path) -> k8s.ApiClient:
+    api: k8s.ApiClient = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig)
+    )
+    return api
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def wait_for(
+    fn: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1, what: str = ""
+) -> T:
+    """Poll ``fn`` until it returns something truthy; return it or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = fn()
+            if value:
+                return value
+        except k8s.ApiException as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or fn}: {last}")
+        time.sleep(interval)
+
+
+def pod_manifest(
+    name: str,
+    command: list[str],
+    *,
+    memory: str | None = None,
+    env: list[dict[str, Any]] | None = None,
+    volumes: list[dict[str, Any]] | None = None,
+    mounts: list[dict[str, Any]] | None = None,
+    grace: int | None = None,
+    termination_message_path: str | None = None,
+    image: str = TEST_IMAGE,
+) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "main", "image": image, "command": command}
+    if memory:
+        container["resources"] = {
+            "requests": {"memory": memory, "cpu": "10m"},
+            "limits": {"memory": memory},
+        }
+    if env:
+        container["env"] = env
+    if mounts:
+        container["volumeMounts"] = mounts
+    if termination_message_path:
+        container["terminationMessagePath"] = termination_message_path
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "automountServiceAccountToken": False,
+    }
+    if volumes:
+        spec["volumes"] = volumes
+    if grace is not None:
+        spec["terminationGracePeriodSeconds"] = grace
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def wait_pod(
+    core: Api,
+    namespace: str,
+    name: str,
+    phases: tuple[str, ...] = ("Succeeded", "Failed"),
+    timeout: float = 60.0,
+) -> Obj:
+    def check() -> Obj:
+        pod = core.read_namespaced_pod(name, namespace)
+        return pod if pod.status and pod.status.phase in phases else None
+
+    return wait_for(check, timeout, 0.1, f"pod {namespace}/{name} in {phases}")
+
+
+def terminated(pod: Obj) -> Obj:
+    """The first container's terminated state (asserts there is one)."""
+    assert pod.status.container_statuses, pod.status
+    state = pod.status.container_statuses[0].state
+    assert state.terminated is not None, state
+    return state.terminated
