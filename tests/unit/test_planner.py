@@ -265,7 +265,7 @@ def test_split_and_resolve_subtiles(raster_1024: Path, raster_job: Callable[...,
     [
         ("r0009c0009", "is not in the plan"),
         ("nonsense", "not a tile id"),
-        ("r0000c0000-q7", "has no such part"),
+        ("r0000c0000-q7", "has no such part|not a tile id"),
         ("r0000c0000-q3-q1-q0", "has no such part"),
     ],
 )
