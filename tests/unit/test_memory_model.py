@@ -123,11 +123,6 @@ def test_request_is_monotonic() -> None:
         assert m.usable_for(a, h) <= m.usable_for(b, h)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: usable_for() promises 'the largest estimate whose request fits budget', but "
-    "float rounding in request_for() can push that request 1 MiB over (47867494400 B at 0.1)",
-)
 def test_request_of_usable_fits_budget() -> None:
     budget, headroom = 47_867_494_400, 0.1  # a whole number of MiB
     assert budget % MIB == 0

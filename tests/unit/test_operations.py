@@ -213,11 +213,6 @@ def test_scale_params_rejected(params: dict[str, Any], match: str) -> None:
         SCALE.parse_params(params)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: scale casts NaN/inf to an integer dtype (undefined value, RuntimeWarning) "
-    "instead of writing nodata as the expression operation does",
-)
 def test_scale_non_finite_to_integer_is_nodata() -> None:
     data = np.array([[[1.0, np.nan, np.inf]]], dtype=np.float32)
     valid = np.ones((1, 3), bool)
@@ -518,21 +513,11 @@ def test_filter_params_rejected(params: dict[str, Any], match: str) -> None:
         FILTER.parse_params(params)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: equalAreaCrs only rejects geographic CRSs; Web Mercator (not equal-area) is "
-    "accepted and areas come out inflated by 1/cos²(lat)",
-)
 def test_filter_rejects_projected_crs_that_is_not_equal_area() -> None:
     with pytest.raises(ValidationError, match="equal-area"):
         FILTER.parse_params({"area": True, "equalAreaCrs": "EPSG:3857"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the layer already has a column named like areaColumn, apply appends a "
-    "duplicate column (the GeoParquet part then cannot be read back)",
-)
 def test_filter_area_column_replaces_existing_column() -> None:
     table = wkb_table(polygons(), area_km2=[0.0] * 5)
     out = FILTER.apply(FILTER.parse_params({"area": True}), table, UTM)

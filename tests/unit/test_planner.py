@@ -366,11 +366,6 @@ def test_vector_unknown_column(vector_25: Path, vector_job: Callable[..., GisJob
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a where clause GDAL rejects while streaming (GPKG: 'no such column') raises a "
-    "bare OSError from pyarrow, which the planner does not map to InputError (exit 1, not 2)",
-)
 def test_vector_bad_where_is_an_input_error(
     vector_25: Path, vector_job: Callable[..., GisJob]
 ) -> None:

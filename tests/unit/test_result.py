@@ -99,11 +99,6 @@ def test_error_truncated_to_just_fit() -> None:
     assert MAX_BYTES - 8 <= len(text.encode()) <= MAX_BYTES
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: truncation counts JSON bytes but cuts characters; an error text of escaped "
-    "characters (non-ASCII, quotes, newlines) is cut far more than needed (here to nothing)",
-)
 def test_escaped_error_keeps_what_fits() -> None:
     rec = record(outcome="error", exitCode=1, error="\u00fcber-\u20ac " * 3000)
     text = rec.to_json()
@@ -111,11 +106,6 @@ def test_escaped_error_keeps_what_fits() -> None:
     assert len(json.loads(text)["error"]) > 300
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: only the error is shortened; a long output URI (or no error) can still "
-    "exceed the 4 KiB termination-message limit",
-)
 def test_to_json_within_limit_with_long_output_uri() -> None:
     rec = record(outcome="error", exitCode=1, output="s3://bucket/" + "d/" * 2100, error="e")
     assert len(rec.to_json().encode()) <= MAX_BYTES

@@ -359,11 +359,6 @@ def test_clip_bounds_error(job_doc: JobDoc, write_job: WriteJob) -> None:
     ), msg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: model-level params errors lose the ': ' after the field path "
-    "('spec.operation.params.nodata 300.0 does not fit ...')",
-)
 @pytest.mark.parametrize(
     "operation",
     [

@@ -355,22 +355,12 @@ def test_parse_rejects_garbage(garbage: str) -> None:
         parse_tile_id(garbage)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_tile_id uses re.match with '$' and Unicode '\\d', so a trailing newline, "
-    "non-ASCII digits and over-long zero padding are accepted as non-canonical ids",
-)
 @pytest.mark.parametrize("text", ["r0000c0000\n", "r\u0660\u0660\u0660\u0660c0000", "r00001c0000"])
 def test_parse_rejects_non_canonical_ids(text: str) -> None:
     with pytest.raises(ValueError):
         parse_tile_id(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): the id grammar accepts split suffixes the splitters never make "
-    "(-q4..-q9, -h2..-h9, -h on raster tiles, -q on feature tiles)",
-)
 @pytest.mark.parametrize("text", ["r0000c0000-q4", "r0000c0000-h0", "f000001-q1", "f000001-h2"])
 def test_parse_rejects_impossible_splits(text: str) -> None:
     with pytest.raises(ValueError):
@@ -392,11 +382,6 @@ def test_ids_are_dns_labels() -> None:
         assert str(parse_tile_id(tid)) == tid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ids for the 10001st input file on ('i10000-...') are generated but the id "
-    "regex only parses exactly 4 file-index digits, so those tiles cannot be run",
-)
 @pytest.mark.parametrize("file_index", [10_000, 12_345])
 def test_ids_round_trip_for_many_files(file_index: int) -> None:
     for tid in (raster_tile_id(file_index, 0, 1), vector_tile_id(file_index, 2)):

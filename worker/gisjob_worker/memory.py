@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from fractions import Fraction
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
@@ -53,12 +54,12 @@ class ChunkShape:
 
 def request_for(estimate: int, headroom: float) -> int:
     """Memory request (= limit) for an estimate: headroom added, rounded up to a MiB."""
-    return round_up_mib(math.ceil(estimate * (1.0 + headroom)))
+    return round_up_mib(math.ceil(Fraction(estimate) * (1 + Fraction(str(headroom)))))
 
 
 def usable_for(budget: int, headroom: float) -> int:
     """The largest estimate whose request fits ``budget`` (inverse of :func:`request_for`)."""
-    return int(budget / (1.0 + headroom))
+    return math.floor(Fraction(budget) / (1 + Fraction(str(headroom))))
 
 
 def raster_estimate(baseline: int, cache: int, chunk_pixels: int, bytes_per_pixel: int) -> int:

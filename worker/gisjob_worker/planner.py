@@ -331,7 +331,8 @@ def _vector_file(
         _, first = raw.read_arrow(
             uri, layer=layer, columns=[], read_geometry=False, max_features=1, return_fids=True
         )
-    except (DataSourceError, DataLayerError, FieldError) as exc:
+    except (DataSourceError, DataLayerError, FieldError, OSError) as exc:
+        # GDAL errors raised while streaming arrive as a plain OSError from pyarrow
         raise InputError(f"{uri}: spec.operation.params.where: {_one_line(str(exc))}") from None
     bpf = sample.nbytes / sample.num_rows if sample.num_rows else 1024.0
     fid_col = first.column_names[0] if first.num_columns else None

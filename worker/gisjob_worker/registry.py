@@ -178,13 +178,11 @@ def validate_operation(job: GisJob, source: str) -> None:
     try:
         op.parse_params(spec.operation.params)
     except ValidationError as exc:
-        from .spec import format_validation_error
+        from .spec import _format_loc, format_validation_error
 
-        raise SpecError(
-            format_validation_error(exc, f"{source}: spec.operation.params.").replace(
-                "params.: ", "params: "
-            )
-        ) from None
+        has_loc = bool(_format_loc(tuple(exc.errors()[0].get("loc", ()))))
+        prefix = f"{source}: spec.operation.params" + ("." if has_loc else ": ")
+        raise SpecError(format_validation_error(exc, prefix)) from None
     except ValueError as exc:
         raise SpecError(f"{source}: spec.operation.params: {exc}") from None
 

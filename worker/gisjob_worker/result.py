@@ -13,6 +13,10 @@ MAX_BYTES = 4096
 Outcome = Literal["succeeded", "memory", "input", "error"]
 
 
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
 @dataclass
 class ResultRecord:
     tile: str
@@ -31,11 +35,21 @@ class ResultRecord:
 
     def to_json(self) -> str:
         data: dict[str, Any] = {k: v for k, v in asdict(self).items() if v is not None}
-        text = json.dumps(data, separators=(",", ":"))
-        if len(text.encode()) > MAX_BYTES and self.error:
-            over = len(text.encode()) - MAX_BYTES + 3
-            data["error"] = self.error[: max(0, len(self.error) - over)] + "..."
-            text = json.dumps(data, separators=(",", ":"))
+        text = _dumps(data)
+        for key in ("error", "output"):  # shorten the free-text fields, error first
+            value = data.get(key)
+            if len(text.encode()) <= MAX_BYTES or not value:
+                continue
+            lo, hi = 0, len(value)  # the longest prefix that fits (JSON-escaped size)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                data[key] = value[:mid] + "..."
+                if len(_dumps(data).encode()) <= MAX_BYTES:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            data[key] = value[:lo] + "..."
+            text = _dumps(data)
         return text
 
     @classmethod

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .memory import ChunkShape
 
-_ID_RE = re.compile(r"^(?:i(\d{4})-)?(?:r(\d{4,})c(\d{4,})|f(\d{6,}))((?:-[qh]\d)*)$")
+_ID_RE = re.compile(r"(?:i([0-9]{4,})-)?(?:r([0-9]{4,})c([0-9]{4,})|f([0-9]{6,}))((?:-[qh][0-9])*)")
 
 
 @dataclass(frozen=True)
@@ -57,19 +57,23 @@ class TileId:
 
 
 def parse_tile_id(text: str) -> TileId:
-    m = _ID_RE.match(text)
+    m = _ID_RE.fullmatch(text)
     if not m:
         raise ValueError(
             f"not a tile id: {text!r} (expected e.g. r0003c0007, f000012, i0001-r0000c0002-q1)"
         )
     fi, row, col, ft, splits = m.groups()
-    return TileId(
+    tid = TileId(
         file_index=int(fi) if fi is not None else None,
         row=int(row) if row is not None else None,
         col=int(col) if col is not None else None,
         feature_tile=int(ft) if ft is not None else None,
         splits=tuple(s for s in splits.split("-") if s),
     )
+    allowed = ("h0", "h1") if ft is not None else ("q0", "q1", "q2", "q3")
+    if str(tid) != text or any(s not in allowed for s in tid.splits):
+        raise ValueError(f"not a tile id: {text!r} (not in canonical form)")
+    return tid
 
 
 def raster_tile_id(file_index: int | None, row: int, col: int) -> str:

@@ -8,6 +8,7 @@ from .. import __version__
 from .demo import demo
 from .operations import operations
 from .plan import plan
+from .run import run
 from .worker import worker
 
 
@@ -18,6 +19,7 @@ def cli() -> None:
 
 
 cli.add_command(plan)
+cli.add_command(run)
 cli.add_command(worker)
 cli.add_command(demo)
 cli.add_command(operations)

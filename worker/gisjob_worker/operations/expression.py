@@ -88,9 +88,18 @@ class Expression:
             return _eval(self.tree, bands)
 
 
+def _weak(value: Any) -> Any:
+    """NumPy scalars from constant sub-expressions back to Python floats (weakly typed)."""
+    return float(value) if isinstance(value, np.integer | np.floating) else value
+
+
 def _eval(node: ast.expr, bands: dict[int, np.ndarray]) -> Any:
+    return _weak(_eval_node(node, bands))
+
+
+def _eval_node(node: ast.expr, bands: dict[int, np.ndarray]) -> Any:
     if isinstance(node, ast.Constant):
-        return node.value
+        return float(node.value)
     if isinstance(node, ast.Name):
         m = BAND_NAME.match(node.id)
         assert m is not None
@@ -132,6 +141,10 @@ def _check(node: ast.AST, bands: set[int]) -> int:
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, int | float):
             raise UnsafeExpression(_describe(node))
+        try:
+            float(node.value)
+        except OverflowError:
+            raise UnsafeExpression(f"constant {str(node.value)[:20]}... is too large") from None
         return 0
     if isinstance(node, ast.Name):
         m = BAND_NAME.match(node.id)

@@ -101,8 +101,10 @@ class Scale(RasterOperation[ScaleParams]):
             x += params.offset
             if params.clip is not None:
                 np.clip(x, params.clip[0], params.clip[1], out=x)
+            finite = np.isfinite(x)
+            x[~finite] = 0
             result[i] = cast_output(x, out.dtype)
-            result[i][~valid] = out.nodata
+            result[i][~(valid & finite)] = out.nodata
             del x
         return result
 

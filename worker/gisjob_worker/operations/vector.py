@@ -14,6 +14,15 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 GEOMETRY = "geometry"
+_EQUAL_AREA_METHODS = (
+    "equal area",
+    "mollweide",
+    "sinusoidal",
+    "equal earth",
+    "eckert iv",
+    "eckert vi",
+    "goode",
+)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -50,6 +59,10 @@ class FilterParams(Params):
             raise ValueError(f"not a CRS pyproj knows (got {v!r})") from None
         if crs.is_geographic:
             raise ValueError(f"must be a projected equal-area CRS (got geographic {v!r})")
+        op = crs.coordinate_operation
+        method = op.method_name if op is not None else ""
+        if not any(k in method.lower() for k in _EQUAL_AREA_METHODS):
+            raise ValueError(f"must be an equal-area projection (got {v!r}: {method})")
         return v
 
 
@@ -98,7 +111,11 @@ class Filter(VectorOperation[FilterParams]):
         if crs is None:
             raise ValueError("the input layer has no CRS: cannot compute areas")
         areas = area_km2(table.column(GEOMETRY), crs, params.equal_area_crs)
-        return table.append_column(params.area_column, pa.array(areas, type=pa.float64()))
+        column = pa.array(areas, type=pa.float64())
+        index = table.schema.get_field_index(params.area_column)
+        if index >= 0:
+            return table.set_column(index, params.area_column, column)
+        return table.append_column(params.area_column, column)
 
 
 FILTER = Filter()

@@ -1,0 +1,116 @@
+"""``gisjob run JOB.yaml``: the whole job on this machine, within a memory allowance."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, InputError
+from .errors import one_line_errors
+
+
+def _workers(value: str) -> str:
+    if value != "auto" and (not value.isdigit() or int(value) < 1):
+        raise click.BadParameter(f"must be a positive number or 'auto' (got {value!r})")
+    return value
+
+
+@click.command()
+@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--workers",
+    default="auto",
+    show_default=True,
+    callback=lambda ctx, p, v: _workers(v),
+    help="Workers at once: a number, or auto (spec.parallelism, at most one per CPU).",
+)
+@click.option(
+    "--memory",
+    "memory_text",
+    help="Memory allowance for all workers together (default: 80% of available "
+    "memory, or of the cgroup limit when running inside one).",
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Skip tiles already complete for the same plan.",
+)
+@click.option("--fail-fast", is_flag=True, help="Stop launching after the first failed tile.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write memory.png (memory over time per worker) and summary.json here.",
+)
+@click.option("--no-cgroups", is_flag=True, help="Do not put workers in their own cgroups.")
+@one_line_errors
+def run(
+    job_file: Path,
+    workers: str,
+    memory_text: str | None,
+    resume: bool,
+    fail_fast: bool,
+    report_dir: Path | None,
+    no_cgroups: bool,
+) -> None:
+    """Plan JOB_FILE and run every tile locally as memory-capped worker processes."""
+    from .. import gdalenv, logs
+    from ..allowance import default_allowance, default_workers
+    from ..quantity import parse_quantity
+    from ..spec import load_job
+
+    logs.configure()
+    job = load_job(job_file)
+    if memory_text:
+        try:
+            allowance = parse_quantity(memory_text)
+        except ValueError as exc:
+            raise InputError(f"--memory: {exc}") from None
+        if allowance <= 0:
+            raise InputError(f"--memory: must be greater than zero (got {memory_text})")
+    else:
+        allowance = default_allowance()
+    res = job.spec.resources
+    gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
+    from ..executor import LocalExecutor, RunOptions
+    from ..planner import build_plan
+    from ..progress import make_progress, print_summary, summarize
+
+    plan = build_plan(job)
+    n = default_workers(job.spec.parallelism) if workers == "auto" else int(workers)
+    options = RunOptions(
+        job_file=job_file.resolve(),
+        workers=n,
+        allowance=allowance,
+        resume=resume,
+        fail_fast=fail_fast,
+        use_cgroups=not no_cgroups,
+    )
+    ui = make_progress(job.name, len(plan.tiles))
+    executor = LocalExecutor(job, plan, options, on_update=ui.update, on_event=ui.event)
+    try:
+        result = executor.run()
+    finally:
+        ui.close()
+    summary = summarize(result)
+    print_summary(summary)
+    if report_dir is not None:
+        from ..report import write_report
+
+        for p in write_report(report_dir, summary, result.samples):
+            click.echo(f"report: {p}", err=True)
+    click.echo(f"manifest: {Path(job.spec.output.uri) / 'manifest.json'}", err=True)
+    if result.interrupted:
+        click.echo("gisjob: interrupted: manifest written with the tiles that finished", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if not result.succeeded:
+        failed = result.manifest["failedTiles"]
+        click.echo(
+            f"gisjob: error: {len(failed)} tile(s) failed: {', '.join(failed[:10])}"
+            + (" ..." if len(failed) > 10 else ""),
+            err=True,
+        )
+        sys.exit(EXIT_ERROR)
