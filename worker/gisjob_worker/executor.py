@@ -229,7 +229,7 @@ class LocalExecutor:
             for stale in outputs.stale_temporaries(self.out_dir / sub):
                 stale.unlink(missing_ok=True)
         journal_path = self.state_dir / JOURNAL
-        self._journal = open(journal_path, "a" if prev else "w", encoding="utf-8")
+        self._journal = open(journal_path, "a" if prev else "w", encoding="utf-8")  # noqa: SIM115
         for tile in self.plan.tiles:
             self._restore(tile, None, prev)
         if self.skipped:

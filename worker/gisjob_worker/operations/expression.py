@@ -99,6 +99,7 @@ def _eval(node: ast.expr, bands: dict[int, np.ndarray]) -> Any:
 
 def _eval_node(node: ast.expr, bands: dict[int, np.ndarray]) -> Any:
     if isinstance(node, ast.Constant):
+        assert isinstance(node.value, int | float)  # _check allows numbers only
         return float(node.value)
     if isinstance(node, ast.Name):
         m = BAND_NAME.match(node.id)
