@@ -359,7 +359,9 @@ class LocalExecutor:
             stdout=subprocess.DEVNULL,
             stderr=log,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_preexec(cg, backstop),
+            # the runner has no threads, so preexec_fn is safe here; it is the only way to
+            # join the cgroup and set PDEATHSIG before the worker runs any code of its own
+            preexec_fn=_preexec(cg, backstop),  # noqa: PLW1509
             start_new_session=True,
         )
         self.running[proc.pid] = Running(run, launch, proc, cg, result_path, time.monotonic(), log)
