@@ -425,12 +425,6 @@ def test_backoff_of_integer_arguments_is_a_float() -> None:
     assert isinstance(backoff(3, 1, 60), float)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="BUG: backoff() computes base * 2**(retry-1) before capping; past ~1025 retries "
-    "the int is too large for a float and OverflowError escapes decide()",
-)
 def test_backoff_with_a_very_high_retry_count_is_capped_not_an_overflow() -> None:
     assert backoff(1100, 1.0, 60.0) == 60.0
     plan, tile = raster_plan()
@@ -879,12 +873,6 @@ def test_repeated_vector_shrink_halves_batch_rows() -> None:
     assert rows == [1000, 500, 250, 125]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decide() asks can_shrink(plan, tile, scale) with the planned tile (scale "
-    "1.0), not the chunk of the last attempt; a repeated shrinkChunks launches again with "
-    "the same one-block chunk instead of skipping",
-)
 def test_repeated_shrink_is_skipped_once_the_chunk_stops_shrinking() -> None:
     plan, tile = raster_plan(bpp=BPP_STRIP)  # 2048x512 → 1024x512 → 512x512 → 512x512
     cfg = config(strategies=("shrinkChunks", "shrinkChunks", "shrinkChunks", "grow"))
@@ -896,10 +884,6 @@ def test_repeated_shrink_is_skipped_once_the_chunk_stops_shrinking() -> None:
     assert third.chunk_scale == 0.25
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: same as the raster case — a vector batch already at 1 row is 'shrunk' again",
-)
 def test_repeated_vector_shrink_is_skipped_once_batch_rows_stop_shrinking() -> None:
     plan, tile = vector_plan(features=2)  # batch rows 2 → 1 → 1
     cfg = config(strategies=("shrinkChunks", "shrinkChunks"))
@@ -907,12 +891,6 @@ def test_repeated_vector_shrink_is_skipped_once_batch_rows_stop_shrinking() -> N
     assert isinstance(d, Fail)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: shrinkChunks halves the chunk *budget* (planner.size_raster scales max_px), "
-    "not the chunk; a tile smaller than its budget (edge tiles, split children) keeps the "
-    "same chunk at scale 0.5, so can_shrink is False and decide() skips shrinkChunks",
-)
 @pytest.mark.parametrize(
     "window",
     [Window(0, 0, 1024, 1024), Window(1024, 1536, 1024, 512)],

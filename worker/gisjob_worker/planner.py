@@ -362,7 +362,8 @@ def size_raster(
         max_px = memory.chunk_pixel_budget(budget, sizing.baseline_bytes, sizing.cache_bytes, bpp)
     else:
         max_px = memory.DEFAULT_CHUNK_BYTES // bpp
-    max_px = int(max_px * chunk_scale) if chunk_scale < 1.0 else max_px
+    if chunk_scale < 1.0:  # half the chunk, not half a budget larger than the tile
+        max_px = int(min(max_px, window.pixels) * chunk_scale)
     one_block = min(f.block_width, window.width) * min(f.block_height, window.height)
     if sizing.memory is None or chunk_scale < 1.0:
         max_px = max(max_px, one_block)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import EXIT_INPUT, EXIT_MEMORY, EXIT_OK
-from .planner import Plan, Tile, can_shrink, split_tile
+from .planner import Plan, Tile, can_shrink, resize_tile, split_tile
 from .quantity import round_up_mib
 from .spec import GisJobSpec
 
@@ -119,7 +119,8 @@ class PolicyConfig:
 
 def backoff(retry: int, base: float, cap: float) -> float:
     """Delay before the ``retry``-th retry (1-based): base, 2·base, 4·base, … up to cap."""
-    return float(min(cap, base * 2 ** max(0, retry - 1)))
+    exponent = min(max(0, retry - 1), 64)  # 2**64·base is past any cap; no float overflow
+    return float(min(cap, base * 2**exponent))
 
 
 def grow_cap(tile: Tile, config: PolicyConfig) -> int:
@@ -160,7 +161,8 @@ def decide(plan: Plan, tile: Tile, attempts: Sequence[Attempt], config: PolicyCo
     for strategy in config.strategies[_strategies_used(attempts, config.strategies) :]:
         if strategy == "shrinkChunks":
             scale = last.chunk_scale * SHRINK_FACTOR
-            if can_shrink(plan, tile, scale):
+            current = resize_tile(plan, tile, last.chunk_scale) if last.chunk_scale < 1.0 else tile
+            if can_shrink(plan, current, scale):
                 return Launch(tile, nxt, last.memory, scale, "shrinkChunks")
         elif strategy == "split":
             children = split_tile(plan, tile)
