@@ -407,8 +407,9 @@ def test_pod_deletion_kills_process(
     if not cluster.is_dev:
         pytest.skip("checks local processes: dev cluster only")
     tmp_path.chmod(0o777)
-    # Ignores SIGTERM: must be SIGKILLed after the 1 s grace period.
-    script = "trap '' TERM; echo $$ > /out/pid; while true; do sleep 0.2; done"
+    # Ignores SIGTERM: must be SIGKILLed after the 1 s grace period. ("$$$$": Kubernetes
+    # turns "$$" into "$" in commands, like real kubelets do.)
+    script = "trap '' TERM; echo $$$$ > /out/pid; while true; do sleep 0.2; done"
     core.create_namespaced_pod(
         namespace,
         pod_manifest(
