@@ -82,6 +82,30 @@ class MemoryGuard:
         return now
 
 
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1024**2
+
+
+def tune_allocator(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Serve allocations above ``threshold`` (chunk arrays) with their own mappings.
+
+    glibc otherwise raises its mmap threshold after the first large free, so later chunk
+    arrays come from the heap and stay resident after ``del``: RSS then carries the previous
+    chunk into the guard's check of the next one. A fixed threshold returns each chunk's
+    arrays to the OS when they are freed. Call once, early; a no-op off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def malloc_trim() -> bool:
     """Return freed heap to the OS (glibc); a no-op elsewhere."""
     import ctypes

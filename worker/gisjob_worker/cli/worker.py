@@ -96,9 +96,11 @@ def worker(
 ) -> None:
     """Process one tile within its memory budget; exit 0, 2 (input), 3 (memory) or other."""
     from .. import logs
+    from ..guard import tune_allocator
     from ..result import ResultRecord
     from ..spec import GisJob
 
+    tune_allocator()
     logs.configure(log_level)
     path = result_path or _default_result_path()
     try:
