@@ -64,6 +64,7 @@ KCM_CONTROLLERS = (
     "endpoint,endpointslice"
 )
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kubelet")
+STOP_GRACE = {"kube-apiserver": 1.0, "kube-controller-manager": 1.0}
 
 
 class ClusterError(RuntimeError):
@@ -386,6 +387,17 @@ class DevCluster:
         self.pki.ensure()
         self._write_token_file(state)
         self._write_kubeconfigs(state)
+        ports = []
+        if not st["etcd"].running:
+            ports += [("etcd", state["etcd_port"]), ("etcd", state["etcd_peer_port"])]
+        if not st["kube-apiserver"].running:
+            ports.append(("kube-apiserver", state["apiserver_port"]))
+        for who, port in ports:
+            if port_in_use(port):
+                raise ClusterError(
+                    f"port in use: 127.0.0.1:{port} ({who}); stop what holds it, or run "
+                    f"`down --state {self.state_dir}` to start over with new ports"
+                )
         deadline = time.monotonic() + timeout
         if not st["etcd"].running:
             self._start_etcd(state, deadline)
@@ -721,6 +733,11 @@ class DevCluster:
                 except ClusterError:
                     ok = False
             if ok and self.kubelet:
+                # registered by *this* kubelet process (not a stale Ready node)
+                ok = _read_text(self.state_dir / "kubelet" / "kubelet.ready") == str(
+                    self._pidfile("kubelet").read()
+                )
+            if ok and self.kubelet:
                 try:
                     node = self.request("GET", f"/api/v1/nodes/{NODE_NAME}")
                     conds = node.get("status", {}).get("conditions", [])
@@ -737,7 +754,12 @@ class DevCluster:
                 )
             time.sleep(0.2)
 
-    def _stop(self, name: str, grace: float = 15.0) -> bool:
+    def _stop(self, name: str, grace: float | None = None) -> bool:
+        """SIGTERM the component's process group, SIGKILL after ``grace`` seconds.
+        kube-apiserver drains watches for up to 60 s on SIGTERM; it keeps no state
+        of its own, so it (and the controller manager) get a short grace."""
+        if grace is None:
+            grace = STOP_GRACE.get(name, 10.0)
         pid = self._pidfile(name).read()
         child = self._children.pop(name, None)
         if pid is None:
@@ -762,6 +784,13 @@ class DevCluster:
                 child.wait(5)
         self._pidfile(name).path.unlink(missing_ok=True)
         return True
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 def _b64(data: bytes) -> str:
@@ -869,4 +898,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `devcluster.py status | head` is fine
     sys.exit(main())

@@ -380,6 +380,9 @@ class Runtime:
         return self.proc is not None and self.proc.returncode is None and self.exit_code is None
 
 
+_NO_RUNTIME = Runtime("", "", Path("/"))
+
+
 class StartError(Exception):
     def __init__(self, reason: str, message: str, retry: bool = False) -> None:
         super().__init__(message)
@@ -773,16 +776,17 @@ class Kubelet:
         uid = pod["metadata"]["uid"]
         req = memory_request(pod)
         with self.lock:
-            used, count = 0, 0
-            for p in self.pods.values():
-                if (
-                    p["spec"].get("nodeName") == self.node_name
-                    and p.get("status", {}).get("phase") not in TERMINAL
-                ):
-                    used += memory_request(p)
-                    count += 1
-            used += sum(v for k, v in self.assumed.items() if k != uid)
-            count += len(self.assumed)
+            active = {
+                u: memory_request(p)
+                for u, p in self.pods.items()
+                if p["spec"].get("nodeName") == self.node_name
+                and p.get("status", {}).get("phase") not in TERMINAL
+                and not self.runtimes.get(u, _NO_RUNTIME).reported.startswith("terminated")
+            }
+            for u, m in self.assumed.items():
+                if u != uid:
+                    active.setdefault(u, m)  # bound by us, not yet seen bound
+        used, count = sum(active.values()), len(active)
         reasons = []
         labels = self.labels
         selector = pod["spec"].get("nodeSelector") or {}
@@ -1432,6 +1436,7 @@ class Kubelet:
         for t in threads:
             t.start()
         log.info("test kubelet ready: node %s, allocatable %s", self.node_name, self.allocatable)
+        (self.root / "kubelet.ready").write_text(f"{os.getpid()}\n")
         self.stopping.wait()
         self.shutdown()
 
