@@ -521,8 +521,7 @@ class LocalExecutor:
     # ------------------------------------------------------------------------ finalize
 
     def write_manifest(self, *, interrupted: bool) -> dict[str, Any]:
-        entries: list[TileEntry] = []
-        succeeded: dict[str, tuple[Tile, str]] = {}
+        entries: list[tuple[Tile, TileEntry]] = []
         for run in self.runs.values():
             entry = run.entry or TileEntry(
                 id=run.tile.id,
@@ -532,31 +531,7 @@ class LocalExecutor:
                 estimated_peak_bytes=run.tile.estimated_peak_bytes,
                 attempts=run.records,
             )
-            entries.append(entry)
-            if entry.outcome == "succeeded" and entry.output:
-                succeeded[run.tile.id] = (run.tile, entry.output)
-        finalize.remove_unlisted_outputs(self.out_dir, {rel for _, rel in succeeded.values()})
-        failed = [e.id for e in entries if e.outcome == "failed"]
-        pending = [e.id for e in entries if e.outcome == "pending"]
-        complete = not failed and not pending and not interrupted
-        extra: dict[str, Any] = {}
-        if self.plan.kind == "raster":
-            extra["mosaics"] = finalize.write_mosaics(self.plan, self.out_dir, succeeded)
-        else:
-            extra["dataset"] = outputs.PARTS_DIR
-        manifest = {
-            "apiVersion": "gisjob.dev/v1alpha1",
-            "kind": "GisJobManifest",
-            "version": finalize.MANIFEST_VERSION,
-            "job": self.job.name,
-            "digest": self.plan.digest,
-            "operation": self.plan.operation,
-            "outputFormat": self.plan.output_format,
-            "outcome": "succeeded" if complete else ("interrupted" if interrupted else "failed"),
-            "tiles": [e.to_json() for e in sorted(entries, key=lambda e: e.id)],
-            "failedTiles": failed,
-            "pendingTiles": pending,
-            **extra,
-        }
-        finalize.write_json_atomic(self.out_dir / finalize.MANIFEST, manifest)
-        return manifest
+            entries.append((run.tile, entry))
+        return finalize.finalize_outputs(
+            self.job.name, self.plan, self.out_dir, entries, interrupted=interrupted
+        )

@@ -193,3 +193,45 @@ def remove_unlisted_outputs(out_dir: Path, keep: set[str]) -> list[str]:
                 p.unlink()
                 removed.append(rel)
     return removed
+
+
+def finalize_outputs(
+    job_name: str,
+    plan: Plan,
+    out_dir: Path,
+    entries: list[tuple[Tile, TileEntry]],
+    *,
+    interrupted: bool = False,
+) -> dict[str, Any]:
+    """Remove unlisted tile files, write the mosaic(s) or name the dataset, and write
+    ``manifest.json``. Shared by the local executor and the operator."""
+    succeeded = {
+        tile.id: (tile, entry.output)
+        for tile, entry in entries
+        if entry.outcome == "succeeded" and entry.output
+    }
+    remove_unlisted_outputs(out_dir, {rel for _, rel in succeeded.values()})
+    failed = sorted(e.id for _, e in entries if e.outcome == "failed")
+    pending = sorted(e.id for _, e in entries if e.outcome == "pending")
+    complete = not failed and not pending and not interrupted
+    extra: dict[str, Any] = {}
+    if plan.kind == "raster":
+        extra["mosaics"] = write_mosaics(plan, out_dir, succeeded)
+    else:
+        extra["dataset"] = outputs.PARTS_DIR
+    manifest = {
+        "apiVersion": "gisjob.dev/v1alpha1",
+        "kind": "GisJobManifest",
+        "version": MANIFEST_VERSION,
+        "job": job_name,
+        "digest": plan.digest,
+        "operation": plan.operation,
+        "outputFormat": plan.output_format,
+        "outcome": "succeeded" if complete else ("interrupted" if interrupted else "failed"),
+        "tiles": [e.to_json() for _, e in sorted(entries, key=lambda te: te[1].id)],
+        "failedTiles": failed,
+        "pendingTiles": pending,
+        **extra,
+    }
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest

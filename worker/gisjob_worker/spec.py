@@ -66,7 +66,7 @@ class ObjectMeta(BaseModel):
 
 
 class InputSpec(_Model):
-    """Where the data is: exactly one of ``uri``, ``uris`` or ``glob``."""
+    """Where the data is: exactly one of uri, uris or glob."""
 
     uri: str | None = Field(None, description="One path or URL GDAL can open.")
     uris: list[str] | None = Field(None, min_length=1, description="Several files, planned each.")
@@ -111,7 +111,9 @@ class ResourcesSpec(_Model):
         None, description="Ceiling for growing after an out-of-memory failure."
     )
     memory_headroom: float = Field(
-        0.2, description="Fraction added to the estimate for GDAL caches, interpreter, allocator."
+        0.2,
+        description="Fraction added to the estimate for GDAL caches, interpreter, allocator.",
+        json_schema_extra={"minimum": HEADROOM_MIN, "maximum": HEADROOM_MAX},
     )
     gdal_cache_max: Quantity = Field(
         Quantity("64Mi"), description="Explicit GDAL block cache, counted inside the budget."

@@ -1,0 +1,156 @@
+"""Worker pod manifests (pure): one pod per tile attempt, sized from the plan.
+
+``requests.memory == limits.memory`` = the tile's memory request (headroom included), CPU
+from the spec, ``restartPolicy: Never``, the restricted Pod Security settings, an owner
+reference to the GisJob, the job document in an environment variable, and the user's
+``spec.worker`` settings. Names are deterministic so a restarted operator creates no
+duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from gisjob_worker.spec import API_VERSION, KIND, GisJob
+
+LABEL_JOB = "gisjob.dev/job"
+LABEL_TILE = "gisjob.dev/tile"
+LABEL_ATTEMPT = "gisjob.dev/attempt"
+ANNOTATION_DIGEST = "gisjob.dev/plan-digest"
+ANNOTATION_STRATEGY = "gisjob.dev/strategy"
+ANNOTATION_CHUNK_SCALE = "gisjob.dev/chunk-scale"
+ANNOTATION_HISTORY = "gisjob.dev/history"
+METRICS_PORT = 9090
+SCRATCH = "/tmp"
+RUN_AS_USER = 65532
+MAX_NAME = 253
+
+
+@dataclass(frozen=True)
+class PodLaunch:
+    """One attempt of one tile, as the policy decided it."""
+
+    tile: str
+    attempt: int
+    memory: int
+    chunk_scale: float
+    strategy: str
+    history: tuple[dict[str, Any], ...] = ()
+
+
+def pod_name(job: str, tile: str, attempt: int) -> str:
+    name = f"{job}-{tile}-{attempt}"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{name[: MAX_NAME - 11]}-{digest}"
+
+
+def job_labels(job: str) -> dict[str, str]:
+    return {
+        LABEL_JOB: job,
+        "app.kubernetes.io/name": "gisjob-worker",
+        "app.kubernetes.io/managed-by": "gisjob-operator",
+    }
+
+
+def owner_reference(job: GisJob, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": job.name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _cpu(job: GisJob) -> str:
+    return job.spec.resources.cpu
+
+
+def build_worker_pod(
+    job: GisJob, uid: str, namespace: str, launch: PodLaunch, digest: str
+) -> dict[str, Any]:
+    """The pod for one tile attempt."""
+    worker = job.spec.worker
+    document = yaml.safe_dump(job.to_document(), sort_keys=False)
+    memory = str(launch.memory)
+    labels = {**job_labels(job.name), LABEL_TILE: launch.tile, LABEL_ATTEMPT: str(launch.attempt)}
+    annotations = {
+        ANNOTATION_DIGEST: digest,
+        ANNOTATION_STRATEGY: launch.strategy,
+        ANNOTATION_CHUNK_SCALE: repr(launch.chunk_scale),
+    }
+    if launch.history:
+        annotations[ANNOTATION_HISTORY] = json.dumps(list(launch.history), separators=(",", ":"))
+    env = [
+        {"name": "GISJOB_JOB", "value": document},
+        {"name": "GISJOB_TILE", "value": launch.tile},
+        {"name": "GISJOB_MEMORY", "value": memory},
+        {"name": "GISJOB_CHUNK_SCALE", "value": repr(launch.chunk_scale)},
+        {"name": "GISJOB_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "GISJOB_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "HOME", "value": SCRATCH},
+        *worker.env,
+    ]
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": worker.image,
+        "command": ["gisjob", "worker"],
+        "env": env,
+        "resources": {
+            "requests": {"memory": memory, "cpu": _cpu(job)},
+            "limits": {"memory": memory},
+        },
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}, *worker.volume_mounts],
+    }
+    if worker.image_pull_policy:
+        container["imagePullPolicy"] = worker.image_pull_policy
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 30,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "scratch", "emptyDir": {}}, *worker.volumes],
+    }
+    if worker.service_account_name:
+        spec["serviceAccountName"] = worker.service_account_name
+    if worker.node_selector:
+        spec["nodeSelector"] = dict(worker.node_selector)
+    if worker.tolerations:
+        spec["tolerations"] = list(worker.tolerations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(job.name, launch.tile, launch.attempt),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(job, uid)],
+        },
+        "spec": spec,
+    }

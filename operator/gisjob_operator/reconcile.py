@@ -1,0 +1,442 @@
+"""The reconcile core (pure): from what exists — the plan, the persisted status, the worker
+pods — to what to do: pods to create and delete, the next status, events, result records.
+
+Level-triggered and restart-safe:
+
+- completion is persisted in ``status`` (planned tile indexes as compressed ranges, plus the
+  ids of sub-tiles while a split is in progress) before the pods that reported it are
+  deleted, so a restarted operator never loses or repeats a tile;
+- a tile's attempt history travels on its newest pod (annotation), and a finished pod is
+  deleted only once its successor exists or its outcome is persisted;
+- pod names are deterministic (job, tile, attempt): re-creating is idempotent.
+
+The decisions themselves come from the shared :mod:`gisjob_worker.policy`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gisjob_worker import policy
+from gisjob_worker.planner import Plan, Tile, split_tile
+from gisjob_worker.quantity import to_quantity
+
+from .pods import (
+    ANNOTATION_CHUNK_SCALE,
+    ANNOTATION_HISTORY,
+    ANNOTATION_STRATEGY,
+    LABEL_ATTEMPT,
+    LABEL_TILE,
+    PodLaunch,
+)
+from .ranges import compress, expand
+
+FINISHED = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the reconciler needs of one worker pod."""
+
+    name: str
+    tile: str
+    attempt: int
+    phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    memory: int
+    chunk_scale: float
+    strategy: str
+    history: tuple[dict[str, Any], ...]
+    exit_code: int | None = None
+    oom_killed: bool = False
+    record: dict[str, Any] | None = None
+    finished_at: float | None = None  # epoch seconds
+    deleting: bool = False
+    message: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED
+
+    @property
+    def alive(self) -> bool:
+        return not self.finished and not self.deleting
+
+    def attempt_record(self) -> dict[str, Any]:
+        """The compact form kept in the successor's history annotation."""
+        return {
+            "n": self.attempt,
+            "m": self.memory,
+            "c": self.chunk_scale,
+            "s": self.strategy,
+            "x": self.exit_code,
+            "o": self.oom_killed,
+        }
+
+
+def _parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def pod_view(pod: dict[str, Any]) -> PodView | None:
+    """Parse a pod object (as a dict, API field names); None if it is not a worker pod."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    if LABEL_TILE not in labels or LABEL_ATTEMPT not in labels:
+        return None
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    containers = spec.get("containers") or [{}]
+    limits = ((containers[0].get("resources") or {}).get("limits")) or {}
+    from gisjob_worker.quantity import parse_quantity
+
+    try:
+        memory = parse_quantity(str(limits.get("memory", "0")))
+    except ValueError:
+        memory = 0
+    exit_code: int | None = None
+    oom = False
+    message = None
+    finished_at = None
+    record = None
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            exit_code = term.get("exitCode")
+            oom = term.get("reason") == "OOMKilled"
+            message = term.get("message")
+            finished_at = _parse_time(term.get("finishedAt"))
+    if message:
+        try:
+            parsed = json.loads(message)
+            record = parsed if isinstance(parsed, dict) else None
+        except ValueError:
+            record = None
+    try:
+        history = tuple(json.loads(annotations.get(ANNOTATION_HISTORY, "[]")))
+    except ValueError:
+        history = ()
+    return PodView(
+        name=meta.get("name", ""),
+        tile=labels[LABEL_TILE],
+        attempt=int(labels[LABEL_ATTEMPT]),
+        phase=status.get("phase") or "Pending",
+        memory=memory,
+        chunk_scale=float(annotations.get(ANNOTATION_CHUNK_SCALE, "1.0")),
+        strategy=annotations.get(ANNOTATION_STRATEGY, "initial"),
+        history=history,
+        exit_code=exit_code,
+        oom_killed=oom,
+        record=record,
+        finished_at=finished_at,
+        deleting=bool(meta.get("deletionTimestamp")),
+        message=message,
+    )
+
+
+def to_attempt(tile: str, h: dict[str, Any]) -> policy.Attempt:
+    return policy.Attempt(
+        tile=tile,
+        number=int(h["n"]),
+        memory=int(h["m"]),
+        chunk_scale=float(h["c"]),
+        strategy=h["s"],
+        exit_code=h["x"],
+        oom_killed=bool(h["o"]),
+    )
+
+
+@dataclass
+class Progress:
+    """Completion state persisted in status."""
+
+    completed: set[int] = field(default_factory=set)  # planned tile indexes
+    failed: set[int] = field(default_factory=set)
+    sub_done: set[str] = field(default_factory=set)  # sub-tile ids, while splits are open
+    sub_failed: set[str] = field(default_factory=set)
+    split: set[str] = field(default_factory=set)  # tile ids (planned or sub) that were split
+    memory_retries: int = 0
+    other_retries: int = 0
+    peak_observed: int = 0
+
+    @classmethod
+    def from_status(cls, status: dict[str, Any] | None) -> Progress:
+        s = status or {}
+        sub = s.get("subtiles") or {}
+        retries = s.get("retries") or {}
+        return cls(
+            completed=expand(s.get("completedTiles") or ""),
+            failed=expand(s.get("failedTiles") or ""),
+            sub_done=set(sub.get("succeeded") or []),
+            sub_failed=set(sub.get("failed") or []),
+            split=set(sub.get("split") or []),
+            memory_retries=int(retries.get("memory") or 0),
+            other_retries=int(retries.get("other") or 0),
+            peak_observed=int((s.get("memory") or {}).get("peakObservedBytes") or 0),
+        )
+
+    def key(self) -> tuple[Any, ...]:
+        return (
+            frozenset(self.completed), frozenset(self.failed), frozenset(self.sub_done),
+            frozenset(self.sub_failed), frozenset(self.split), self.memory_retries,
+            self.other_retries, self.peak_observed,
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Actions:
+    """What to do, in this order: create pods, write the status (when ``changed``), then
+    delete pods — deletions are only safe once the status holds what those pods reported."""
+
+    create: list[PodLaunch] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # for the journal
+    progress: Progress = field(default_factory=Progress)
+    changed: bool = False  # progress differs from the persisted status
+    finished: bool = False
+    running: int = 0
+    pending: int = 0
+    waiting: int = 0  # finished pods not processed this tick (status coalescing)
+
+
+class TileTree:
+    """Planned tiles and their sub-tiles (pure navigation over the plan)."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.index = {t.id: i for i, t in enumerate(plan.tiles)}
+        self._children: dict[str, list[Tile]] = {}
+        self._tiles: dict[str, Tile] = {t.id: t for t in plan.tiles}
+        self._root: dict[str, int] = dict(self.index)
+
+    def children(self, tile: Tile) -> list[Tile]:
+        if tile.id not in self._children:
+            kids = split_tile(self.plan, tile) or []
+            self._children[tile.id] = kids
+            for k in kids:
+                self._tiles[k.id] = k
+                self._root[k.id] = self._root[tile.id]
+        return self._children[tile.id]
+
+    def tile(self, tile_id: str) -> Tile | None:
+        return self._tiles.get(tile_id)
+
+    def root(self, tile_id: str) -> int:
+        return self._root[tile_id]
+
+
+def _leaf_state(tree: TileTree, tile: Tile, p: Progress) -> Iterator[tuple[Tile, str]]:
+    """(leaf, state) under a tile: state is 'done', 'failed' or 'open'."""
+    if tile.id in p.split:
+        for child in tree.children(tile):
+            yield from _leaf_state(tree, child, p)
+        return
+    if tile.id in p.sub_done:
+        yield tile, "done"
+    elif tile.id in p.sub_failed:
+        yield tile, "failed"
+    else:
+        yield tile, "open"
+
+
+def _collapse(tree: TileTree, p: Progress) -> None:
+    """A planned tile whose split subtree is resolved becomes one completed/failed index;
+    its sub-tile ids leave the status (keeps status small)."""
+    for tid in list(p.split):
+        if tid not in tree.index:
+            continue
+        i = tree.index[tid]
+        states = list(_leaf_state(tree, tree.plan.tiles[i], p))
+        if any(s == "open" for _, s in states):
+            continue
+        (p.failed if any(s == "failed" for _, s in states) else p.completed).add(i)
+        prefix = f"{tid}-"
+        p.split = {s for s in p.split if s != tid and not s.startswith(prefix)}
+        p.sub_done = {s for s in p.sub_done if not s.startswith(prefix)}
+        p.sub_failed = {s for s in p.sub_failed if not s.startswith(prefix)}
+
+
+def open_leaves(tree: TileTree, p: Progress) -> Iterator[Tile]:
+    for i, tile in enumerate(tree.plan.tiles):
+        if i in p.completed or i in p.failed:
+            continue
+        for leaf, state in _leaf_state(tree, tile, p):
+            if state == "open":
+                yield leaf
+
+
+def _mark(tree: TileTree, p: Progress, tile: Tile, outcome: str) -> None:
+    if tile.id in tree.index and tile.id not in p.split:
+        (p.completed if outcome == "done" else p.failed).add(tree.index[tile.id])
+    else:
+        (p.sub_done if outcome == "done" else p.sub_failed).add(tile.id)
+
+
+def reconcile(
+    plan: Plan,
+    persisted: dict[str, Any] | None,
+    pods: Iterable[PodView],
+    config: policy.PolicyConfig,
+    parallelism: int,
+    now: float,
+    *,
+    process_finished: bool = True,
+    keep_failed: int = 3,
+    suspended: bool = False,
+) -> Actions:
+    """Everything the operator should do this tick (see the module docstring).
+
+    ``process_finished=False`` (between coalesced status writes): finished pods keep their
+    slot and wait; only new tiles are launched.
+    """
+    tree = TileTree(plan)
+    before = Progress.from_status(persisted)
+    p = Progress.from_status(persisted)
+    actions = Actions(progress=p)
+    by_tile: dict[str, list[PodView]] = {}
+    for pod in pods:
+        by_tile.setdefault(pod.tile, []).append(pod)
+    for lst in by_tile.values():
+        lst.sort(key=lambda v: v.attempt)
+    for leaf in open_leaves(tree, p):  # make every open sub-tile known by id
+        tree.tile(leaf.id)
+    for tid in list(p.split):
+        t = tree.tile(tid)
+        if t is not None:
+            tree.children(t)
+    open_ids = {t.id for t in open_leaves(tree, p)}
+    failed_pods: list[PodView] = []
+    slots = 0
+    successors: list[PodLaunch] = []
+
+    for tile_id, views in sorted(by_tile.items()):
+        newest = views[-1]
+        for old in views[:-1]:  # superseded: the successor holds the history
+            _retire(old, actions, failed_pods)
+        if newest.deleting:
+            continue
+        if newest.alive:
+            slots += 1
+            if suspended:
+                actions.delete.append(newest.name)
+            continue
+        tile = tree.tile(tile_id)
+        if tile is None or tile_id not in open_ids:
+            _retire(newest, actions, failed_pods)  # resolved before, or not in this plan
+            continue
+        if not process_finished:
+            slots += 1
+            actions.waiting += 1
+            continue
+        attempts = [to_attempt(tile_id, h) for h in newest.history]
+        attempts.append(to_attempt(tile_id, newest.attempt_record()))
+        decision = policy.decide(plan, tile, attempts, config)
+        if newest.record:
+            actions.records.append({
+                **newest.record, "tile": tile_id, "attempt": newest.attempt,
+                "strategy": newest.strategy, "memory": newest.memory,
+                "chunkScale": newest.chunk_scale, "pod": newest.name,
+                "exitCode": newest.exit_code, "oomKilled": newest.oom_killed,
+            })
+            peak = newest.record.get("cgroupPeakBytes") or newest.record.get("peakRssBytes")
+            if isinstance(peak, int):
+                p.peak_observed = max(p.peak_observed, peak)
+        failure = attempts[-1].failure
+        oom = f"exit {newest.exit_code}" + (", OOMKilled" if newest.oom_killed else "")
+        if failure == "memory":
+            p.memory_retries += 1
+        if isinstance(decision, policy.Done):
+            _mark(tree, p, tile, "done")
+            _retire(newest, actions, failed_pods)
+        elif isinstance(decision, policy.Fail):
+            _mark(tree, p, tile, "failed")
+            actions.events.append(
+                Event("Warning", "TileFailed", f"tile {tile_id}: {decision.reason}")
+            )
+            _retire(newest, actions, failed_pods)
+        elif isinstance(decision, policy.Split):
+            p.split.add(tile_id)
+            for child in decision.children:
+                tree.tile(child.id)
+            actions.events.append(Event(
+                "Warning", "OutOfMemory",
+                f"tile {tile_id} ran out of memory at {to_quantity(newest.memory)} ({oom}): "
+                "split into " + ", ".join(c.id for c in decision.children),
+            ))
+            _retire(newest, actions, failed_pods)
+        else:
+            assert isinstance(decision, policy.Launch)
+            if decision.strategy == "retry":
+                p.other_retries += 1
+            elif failure == "memory":
+                actions.events.append(Event(
+                    "Warning", "OutOfMemory",
+                    f"tile {tile_id} ran out of memory at {to_quantity(newest.memory)} ({oom}): "
+                    f"{decision.strategy}, memory {to_quantity(decision.memory)}, chunk scale "
+                    f"{decision.chunk_scale:g}",
+                ))
+            slots += 1  # the finished pod holds the tile's slot until its successor exists
+            if (newest.finished_at or now) + decision.delay_seconds <= now:
+                successors.append(PodLaunch(
+                    tile=tile_id, attempt=decision.number, memory=decision.memory,
+                    chunk_scale=decision.chunk_scale, strategy=decision.strategy,
+                    history=(*newest.history, newest.attempt_record()),
+                ))
+
+    _collapse(tree, p)
+    actions.changed = p.key() != before.key()
+    actions.create.extend(successors)  # they replace a pod: no new slot
+    if not suspended:
+        budget = max(0, parallelism - slots)
+        for leaf in open_leaves(tree, p):
+            if budget <= 0:
+                break
+            if leaf.id in by_tile:
+                continue
+            actions.create.append(PodLaunch(
+                tile=leaf.id, attempt=0, memory=leaf.memory_request_bytes,
+                chunk_scale=1.0, strategy="initial",
+            ))
+            budget -= 1
+    failed_pods.sort(key=lambda v: (v.finished_at or 0.0, v.name))
+    excess = len(failed_pods) - keep_failed
+    actions.delete.extend(v.name for v in failed_pods[: max(0, excess)])
+    remaining = sum(1 for _ in open_leaves(tree, p))
+    actions.running = slots
+    actions.pending = max(0, remaining - slots)
+    actions.finished = remaining == 0 and slots == 0
+    return actions
+
+
+def _retire(view: PodView, actions: Actions, failed_pods: list[PodView]) -> None:
+    """A finished pod whose information is in its successor or in the status (once this
+    tick's status is written): succeeded pods are deleted; failed ones are kept — the newest
+    few per job — for debugging."""
+    if view.deleting or not view.finished:
+        return
+    if view.phase == "Failed":
+        failed_pods.append(view)
+    else:
+        actions.delete.append(view.name)
+
+
+def now_iso(ts: float | None = None) -> str:
+    dt = datetime.fromtimestamp(ts, UTC) if ts is not None else datetime.now(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
