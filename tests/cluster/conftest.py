@@ -12,6 +12,7 @@ fixture) gets the ``cluster`` marker; pure unit tests of the substrate do not.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -50,7 +51,11 @@ def cluster(
         bin_dir = find_binaries(build=os.environ.get("GISJOB_NO_BUILD") != "1")
     except ClusterError as e:
         pytest.skip(f"Kubernetes control-plane binaries unavailable: {e}")
-    dev = DevCluster(tmp_path_factory.mktemp("devcluster"), bin_dir=bin_dir)
+    dev = DevCluster(
+        tmp_path_factory.mktemp("devcluster"),
+        bin_dir=bin_dir,
+        kubelet_args=shlex.split(os.environ.get("GISJOB_KUBELET_ARGS", "")),
+    )
     t0 = time.monotonic()
     try:
         dev.up()

@@ -67,6 +67,8 @@ MAX_MESSAGE = 4096
 POD_IP = "127.0.0.1"
 CGROUP_NAME = "gisjob-kubelet"
 TERMINAL = ("Succeeded", "Failed")
+# Node annotation telling tests how limits.memory is enforced: cgroup-v1 | cgroup-v2 | none
+MEMORY_ANNOTATION = "gisjob.dev/memory-limits"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -286,6 +288,8 @@ class MemoryCgroups:
                 sub.write_text("+memory")
 
     def create(self, name: str, limit: int | None) -> Path:
+        if not self.base.exists():  # removed by another kubelet's shutdown
+            self._prepare(self.version, self.base)
         path = self.base / name
         path.mkdir(exist_ok=True)
         if self.version == 1:
@@ -431,6 +435,7 @@ class Kubelet:
             self.allocatable["cpu"] = cpu
         self.alloc_memory = alloc_mem
         self.cgroups = MemoryCgroups.detect() if use_cgroups else None
+        self.memory_enforcement = f"cgroup-v{self.cgroups.version}" if self.cgroups else "none"
         if self.cgroups is None:
             log.warning("no writable memory cgroup: limits.memory will NOT be enforced")
         else:
@@ -491,7 +496,10 @@ class Kubelet:
             "metadata": {
                 "name": self.node_name,
                 "labels": self.labels,
-                "annotations": {"gisjob.dev/test-kubelet": "true"},
+                "annotations": {
+                    "gisjob.dev/test-kubelet": "true",
+                    MEMORY_ANNOTATION: self.memory_enforcement,
+                },
             },
             "spec": {},
             "status": self.node_status(uname.release),
