@@ -107,21 +107,22 @@ fi
 t0=$(date +%s)
 
 # deb-src entry derived from the machine's own Debian entry (no host names here).
-if [[ ! -f "$SRC_LIST" ]]; then
+has_src() { [[ -n "$(apt-cache showsrc kubernetes 2>/dev/null | head -n1)" ]]; }
+if [[ ! -f "$SRC_LIST" && ! -f "${SRC_LIST%.sources}.list" ]] && ! has_src; then
     log "adding deb-src entries derived from the existing Debian sources"
     tmp="$(mktemp)"
     shopt -s nullglob
     for f in /etc/apt/sources.list.d/*.sources; do
         [[ "$f" == "$SRC_LIST" ]] && continue
-        # deb822: copy every stanza whose Types include "deb", as Types: deb-src.
+        # deb822: copy every Debian stanza whose Types include "deb", as deb-src.
         awk 'BEGIN{RS=""; ORS="\n\n"}
-             /(^|\n)Types:[^\n]*(^|[ \t])deb([ \t]|\n|$)/ {
+             /(^|\n)Types:[^\n]*(^|[ \t])deb([ \t]|\n|$)/ && /debian/ {
                  sub(/Types:[^\n]*/, "Types: deb-src"); print }' "$f" >>"$tmp"
     done
     if [[ ! -s "$tmp" ]]; then
         for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
             [[ -f "$f" ]] || continue
-            sed -n 's/^[[:space:]]*deb[[:space:]]/deb-src /p' "$f" >>"$tmp"
+            sed -n '/debian/s/^[[:space:]]*deb[[:space:]]/deb-src /p' "$f" >>"$tmp"
         done
         shopt -u nullglob
         [[ -s "$tmp" ]] || die "no Debian 'deb' entry found in /etc/apt to derive deb-src from"
@@ -130,9 +131,9 @@ if [[ ! -f "$SRC_LIST" ]]; then
     shopt -u nullglob
     as_root install -m 0644 "$tmp" "$SRC_LIST"
     rm -f "$tmp"
-    as_root apt-get update >&2
-elif ! apt-cache showsrc kubernetes >/dev/null 2>&1 || [[ -z "$(apt-cache showsrc kubernetes 2>/dev/null)" ]]; then
-    as_root apt-get update >&2
+    as_root apt-get update >&2 || log "apt-get update reported errors; continuing"
+elif ! has_src; then
+    as_root apt-get update >&2 || log "apt-get update reported errors; continuing"
 fi
 
 need=()
