@@ -21,8 +21,19 @@ SHORT_NAMES = ["gj"]
 CATEGORIES = ["gisjob"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
 _KEEP = (
-    "type", "description", "enum", "pattern", "minimum", "maximum", "exclusiveMinimum",
-    "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems", "format",
+    "type",
+    "description",
+    "enum",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "format",
 )
 
 
@@ -51,9 +62,12 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 "x-kubernetes-int-or-string": True,
                 "anyOf": [
                     {"type": "integer", "minimum": 0},
-                    {"type": "string", "pattern": next(
-                        o["pattern"] for o in non_null if o.get("type") == "string"
-                    )},
+                    {
+                        "type": "string",
+                        "pattern": next(
+                            o["pattern"] for o in non_null if o.get("type") == "string"
+                        ),
+                    },
                 ],
             }
         elif len(non_null) == 1:
@@ -134,12 +148,13 @@ def build_crd() -> dict[str, Any]:
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Done/Tiles", "type": "string",
-                         "jsonPath": ".status.progress"},
-                        {"name": "Peak memory", "type": "string",
-                         "jsonPath": ".status.memory.peakObserved"},
-                        {"name": "Age", "type": "date",
-                         "jsonPath": ".metadata.creationTimestamp"},
+                        {"name": "Done/Tiles", "type": "string", "jsonPath": ".status.progress"},
+                        {
+                            "name": "Peak memory",
+                            "type": "string",
+                            "jsonPath": ".status.memory.peakObserved",
+                        },
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {"openAPIV3Schema": openapi_schema()},
                 }

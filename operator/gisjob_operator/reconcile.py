@@ -33,7 +33,7 @@ from .pods import (
     LABEL_TILE,
     PodLaunch,
 )
-from .ranges import compress, expand
+from .ranges import expand
 
 FINISHED = ("Succeeded", "Failed")
 
@@ -186,9 +186,14 @@ class Progress:
 
     def key(self) -> tuple[Any, ...]:
         return (
-            frozenset(self.completed), frozenset(self.failed), frozenset(self.sub_done),
-            frozenset(self.sub_failed), frozenset(self.split), self.memory_retries,
-            self.other_retries, self.peak_observed,
+            frozenset(self.completed),
+            frozenset(self.failed),
+            frozenset(self.sub_done),
+            frozenset(self.sub_failed),
+            frozenset(self.split),
+            self.memory_retries,
+            self.other_retries,
+            self.peak_observed,
         )
 
 
@@ -349,12 +354,19 @@ def reconcile(
         attempts.append(to_attempt(tile_id, newest.attempt_record()))
         decision = policy.decide(plan, tile, attempts, config)
         if newest.record:
-            actions.records.append({
-                **newest.record, "tile": tile_id, "attempt": newest.attempt,
-                "strategy": newest.strategy, "memory": newest.memory,
-                "chunkScale": newest.chunk_scale, "pod": newest.name,
-                "exitCode": newest.exit_code, "oomKilled": newest.oom_killed,
-            })
+            actions.records.append(
+                {
+                    **newest.record,
+                    "tile": tile_id,
+                    "attempt": newest.attempt,
+                    "strategy": newest.strategy,
+                    "memory": newest.memory,
+                    "chunkScale": newest.chunk_scale,
+                    "pod": newest.name,
+                    "exitCode": newest.exit_code,
+                    "oomKilled": newest.oom_killed,
+                }
+            )
             peak = newest.record.get("cgroupPeakBytes") or newest.record.get("peakRssBytes")
             if isinstance(peak, int):
                 p.peak_observed = max(p.peak_observed, peak)
@@ -375,30 +387,42 @@ def reconcile(
             p.split.add(tile_id)
             for child in decision.children:
                 tree.tile(child.id)
-            actions.events.append(Event(
-                "Warning", "OutOfMemory",
-                f"tile {tile_id} ran out of memory at {to_quantity(newest.memory)} ({oom}): "
-                "split into " + ", ".join(c.id for c in decision.children),
-            ))
+            actions.events.append(
+                Event(
+                    "Warning",
+                    "OutOfMemory",
+                    f"tile {tile_id} ran out of memory at {to_quantity(newest.memory)} ({oom}): "
+                    "split into " + ", ".join(c.id for c in decision.children),
+                )
+            )
             _retire(newest, actions, failed_pods)
         else:
             assert isinstance(decision, policy.Launch)
             if decision.strategy == "retry":
                 p.other_retries += 1
             elif failure == "memory":
-                actions.events.append(Event(
-                    "Warning", "OutOfMemory",
-                    f"tile {tile_id} ran out of memory at {to_quantity(newest.memory)} ({oom}): "
-                    f"{decision.strategy}, memory {to_quantity(decision.memory)}, chunk scale "
-                    f"{decision.chunk_scale:g}",
-                ))
+                actions.events.append(
+                    Event(
+                        "Warning",
+                        "OutOfMemory",
+                        f"tile {tile_id} ran out of memory at "
+                        f"{to_quantity(newest.memory)} ({oom}): {decision.strategy}, "
+                        f"memory {to_quantity(decision.memory)}, "
+                        f"chunk scale {decision.chunk_scale:g}",
+                    )
+                )
             slots += 1  # the finished pod holds the tile's slot until its successor exists
             if (newest.finished_at or now) + decision.delay_seconds <= now:
-                successors.append(PodLaunch(
-                    tile=tile_id, attempt=decision.number, memory=decision.memory,
-                    chunk_scale=decision.chunk_scale, strategy=decision.strategy,
-                    history=(*newest.history, newest.attempt_record()),
-                ))
+                successors.append(
+                    PodLaunch(
+                        tile=tile_id,
+                        attempt=decision.number,
+                        memory=decision.memory,
+                        chunk_scale=decision.chunk_scale,
+                        strategy=decision.strategy,
+                        history=(*newest.history, newest.attempt_record()),
+                    )
+                )
 
     _collapse(tree, p)
     actions.changed = p.key() != before.key()
@@ -410,10 +434,15 @@ def reconcile(
                 break
             if leaf.id in by_tile:
                 continue
-            actions.create.append(PodLaunch(
-                tile=leaf.id, attempt=0, memory=leaf.memory_request_bytes,
-                chunk_scale=1.0, strategy="initial",
-            ))
+            actions.create.append(
+                PodLaunch(
+                    tile=leaf.id,
+                    attempt=0,
+                    memory=leaf.memory_request_bytes,
+                    chunk_scale=1.0,
+                    strategy="initial",
+                )
+            )
             budget -= 1
     failed_pods.sort(key=lambda v: (v.finished_at or 0.0, v.name))
     excess = len(failed_pods) - keep_failed

@@ -1,0 +1,118 @@
+"""Kubernetes API calls the reconciler makes (official client), counted and timed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from gisjob_worker.spec import GROUP, VERSION
+
+from .crd import PLURAL
+from .metrics import OperatorMetrics
+
+T = TypeVar("T")
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient, metrics: OperatorMetrics) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.metrics = metrics
+
+    def _call(
+        self, verb: str, resource: str, fn: Callable[[], T], ok: tuple[int, ...] = ()
+    ) -> T | None:
+        started = time.perf_counter()
+        self.metrics.api_requests.labels(verb, resource).inc()
+        try:
+            return fn()
+        except ApiException as exc:
+            if exc.status in ok:
+                return None
+            self.metrics.api_errors.labels(verb, resource, str(exc.status)).inc()
+            raise
+        finally:
+            self.metrics.api_seconds.labels(verb, resource).observe(time.perf_counter() - started)
+
+    def create_pod(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a pod; False if it already exists (creation is idempotent)."""
+        result = self._call(
+            "create",
+            "pods",
+            lambda: self.core.create_namespaced_pod(namespace, cast(Any, body)),
+            ok=(409,),
+        )
+        return result is not None
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        self._call(
+            "delete",
+            "pods",
+            lambda: self.core.delete_namespaced_pod(name, namespace),
+            ok=(404,),
+        )
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._call(
+            "patch",
+            "gisjobs/status",
+            lambda: self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+            ),
+            ok=(404,),
+        )
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        self._call(
+            "delete",
+            "gisjobs",
+            lambda: self.custom.delete_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body=client.V1DeleteOptions(propagation_policy="Background"),
+            ),
+            ok=(404,),
+        )
+
+    def post_event(
+        self, namespace: str, job: dict[str, Any], type_: str, reason: str, message: str
+    ) -> None:
+        meta = job.get("metadata") or {}
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'gisjob')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "GisJob",
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": "gisjob-operator"},
+            "reportingComponent": "gisjob-operator",
+            "reportingInstance": "gisjob-operator",
+        }
+        try:
+            self._call(
+                "create",
+                "events",
+                lambda: self.core.create_namespaced_event(namespace, cast(Any, body)),
+            )
+        except ApiException:
+            pass  # an event that cannot be posted must not stop reconciliation

@@ -1,0 +1,70 @@
+"""Operator metrics (``gisjob_operator_*``), registry injectable for tests."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "gisjob_operator"
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.reconciles = Counter(
+            f"{PREFIX}_reconciles", "Reconcile ticks", ["result"], registry=registry
+        )
+        self.reconcile_seconds = Histogram(
+            f"{PREFIX}_reconcile_duration_seconds",
+            "Time per reconcile tick",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.tiles = Gauge(
+            f"{PREFIX}_tiles",
+            "Tiles by phase",
+            ["namespace", "gisjob", "phase"],
+            registry=registry,
+        )
+        self.oom = Counter(
+            f"{PREFIX}_tile_oom",
+            "Out-of-memory failures of tiles (exit 3 or OOMKilled)",
+            ["namespace", "gisjob"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            f"{PREFIX}_tile_retries",
+            "Tile retries after non-memory failures",
+            ["namespace", "gisjob"],
+            registry=registry,
+        )
+        self.api_requests = Counter(
+            f"{PREFIX}_api_requests",
+            "Kubernetes API requests made by the reconciler",
+            ["verb", "resource"],
+            registry=registry,
+        )
+        self.api_errors = Counter(
+            f"{PREFIX}_api_errors",
+            "Kubernetes API requests that failed",
+            ["verb", "resource", "code"],
+            registry=registry,
+        )
+        self.api_seconds = Histogram(
+            f"{PREFIX}_api_request_duration_seconds",
+            "Kubernetes API request latency",
+            ["verb", "resource"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=registry,
+        )
+        self.jobs = Gauge(
+            f"{PREFIX}_jobs",
+            "GisJobs by phase",
+            ["namespace", "gisjob", "phase"],
+            registry=registry,
+        )
+        self.peak_memory = Gauge(
+            f"{PREFIX}_job_peak_memory_bytes",
+            "Largest worker peak memory observed",
+            ["namespace", "gisjob"],
+            registry=registry,
+        )

@@ -1,0 +1,44 @@
+"""Operator settings, from environment variables or command-line flags (never at import)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass
+class OperatorSettings:
+    namespaces: list[str] = field(default_factory=list)  # empty: cluster-wide
+    tick_seconds: float = 1.0  # how often each GisJob is reconciled
+    status_interval: float = 2.0  # at most one status write per job per interval
+    keep_failed_pods: int = 3  # failed worker pods kept per job for debugging
+    backoff_base: float = 10.0  # seconds; doubles per retry
+    backoff_max: float = 300.0
+    metrics_port: int = 9090
+    liveness_port: int = 8080
+    gdal_cache_bytes: int = 32 * 1024**2  # for the operator's own metadata reads
+    created_grace_seconds: float = 60.0  # count just-created pods until the watch sees them
+
+    @classmethod
+    def from_env(cls) -> OperatorSettings:
+        ns = os.environ.get("GISJOB_NAMESPACES", "")
+        return cls(
+            namespaces=[n.strip() for n in ns.split(",") if n.strip()],
+            tick_seconds=_env_float("GISJOB_TICK_SECONDS", 1.0),
+            status_interval=_env_float("GISJOB_STATUS_INTERVAL", 2.0),
+            keep_failed_pods=_env_int("GISJOB_KEEP_FAILED_PODS", 3),
+            backoff_base=_env_float("GISJOB_BACKOFF_BASE", 10.0),
+            backoff_max=_env_float("GISJOB_BACKOFF_MAX", 300.0),
+            metrics_port=_env_int("GISJOB_METRICS_PORT", 9090),
+            liveness_port=_env_int("GISJOB_LIVENESS_PORT", 8080),
+        )
