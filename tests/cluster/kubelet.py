@@ -444,6 +444,7 @@ class Kubelet:
         self.runtimes: dict[str, Runtime] = {}
         self.assumed: dict[str, int] = {}  # uid -> memory bound by us, not yet seen bound
         self.sched_msgs: dict[str, str] = {}  # uid -> last FailedScheduling message
+        self.waiting_msgs: dict[str, str] = {}  # uid -> last waiting message reported
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.queue: list[tuple[float, str]] = []
@@ -734,6 +735,7 @@ class Kubelet:
                     self.runtimes.pop(uid, None)
             self.assumed.pop(uid, None)
             self.sched_msgs.pop(uid, None)
+            self.waiting_msgs.pop(uid, None)
             return
         spec, md, status = pod["spec"], pod["metadata"], pod.get("status", {})
         node = spec.get("nodeName")
@@ -929,6 +931,7 @@ class Kubelet:
                 with self.lock:
                     self.runtimes.pop(rt.uid, None)
                 self.enqueue(rt.uid, 2.0)
+                self._report_waiting(pod, e.reason, e.message)
                 raise _Retry() from None
             rt.started_at = rt.finished_at = now_rfc3339()
             rt.exit_code, rt.reason, rt.message = 128, e.reason, e.message
@@ -1274,6 +1277,32 @@ class Kubelet:
         if rt.message:
             st["message"] = rt.message
         return st
+
+    def _report_waiting(self, pod: Obj, reason: str, message: str) -> None:
+        """Pending with a waiting container (missing ConfigMap, ...): once per message."""
+        uid = pod["metadata"]["uid"]
+        if self.waiting_msgs.get(uid) == message:
+            return
+        c = pod["spec"]["containers"][0]
+        cs = {
+            "name": c["name"],
+            "image": c.get("image", ""),
+            "imageID": "",
+            "ready": False,
+            "started": False,
+            "restartCount": 0,
+            "state": {"waiting": {"reason": reason, "message": message}},
+        }
+        with contextlib.suppress(Exception):
+            self._call()
+            self.core.patch_namespaced_pod_status(
+                pod["metadata"]["name"],
+                pod["metadata"]["namespace"],
+                {"status": {"hostIP": POD_IP, "containerStatuses": [cs]}},
+                _preload_content=False,
+                _request_timeout=10,
+            )
+            self.waiting_msgs[uid] = message
 
     def _report(self, pod: Obj, rt: Runtime) -> None:
         c = rt.container

@@ -361,6 +361,28 @@ def test_volumes_env_and_path_translation(core: Api, namespace: str) -> None:
     assert cwd.endswith("scratch")
 
 
+def test_pod_waits_for_missing_configmap(core: Api, namespace: str) -> None:
+    manifest = pod_manifest(
+        "waits",
+        ["sh", "-c", "cat /cfg/v > /dev/termination-log"],
+        volumes=[{"name": "cfg", "configMap": {"name": "late"}}],
+        mounts=[{"name": "cfg", "mountPath": "/cfg"}],
+    )
+    core.create_namespaced_pod(namespace, manifest)
+
+    def waiting() -> Obj:
+        pod = core.read_namespaced_pod("waits", namespace)
+        statuses = pod.status.container_statuses or []
+        return pod if statuses and statuses[0].state.waiting else None
+
+    pod = wait_for(waiting, 30, what="waiting container")
+    assert pod.status.phase == "Pending"
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "late"}, "data": {"v": "1"}})
+    pod = wait_pod(core, namespace, "waits", timeout=90)
+    assert pod.status.phase == "Succeeded"
+    assert terminated(pod).message == "1"
+
+
 def test_unschedulable_pod_stays_pending(core: Api, namespace: str) -> None:
     core.create_namespaced_pod(namespace, pod_manifest("huge", ["true"], memory="100000Gi"))
 
