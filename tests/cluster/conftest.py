@@ -60,13 +60,13 @@ def cluster(
     try:
         dev.up()
     except ClusterError:
-        dev.down(keep_state=True)
+        dev.down(keep_state=True, keep_etcd_data=False)  # logs stay for the report
         raise
     print(f"\ndev cluster up in {time.monotonic() - t0:.1f}s: KUBECONFIG={dev.kubeconfig}")
     try:
         yield ClusterHandle(kubeconfig=dev.kubeconfig, dev=dev)
     finally:
-        dev.down(keep_state=os.environ.get("GISJOB_KEEP_CLUSTER") == "1")
+        dev.down(keep_state=os.environ.get("GISJOB_KEEP_CLUSTER") == "1", keep_etcd_data=False)
 
 
 @pytest.fixture(scope="session")

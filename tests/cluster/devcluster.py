@@ -374,15 +374,12 @@ class DevCluster:
         state.setdefault("kcm_token", secrets.token_hex(16))
         state.setdefault("kubelet_token", secrets.token_hex(16))
         state["bin_dir"] = str(self.bin_dir)
-        if self.etcd_in_memory:
-            state.setdefault(
-                "etcd_data",
-                tempfile.mkdtemp(prefix="gisjob-etcd-", dir="/dev/shm")
-                if Path("/dev/shm").is_dir()
-                else str(self.state_dir / "etcd"),
-            )
-        else:
-            state.setdefault("etcd_data", str(self.state_dir / "etcd"))
+        if "etcd_data" not in state:
+            shm = Path("/dev/shm")
+            if self.etcd_in_memory and shm.is_dir() and os.access(shm, os.W_OK):
+                state["etcd_data"] = tempfile.mkdtemp(prefix="gisjob-etcd-", dir=shm)
+            else:
+                state["etcd_data"] = str(self.state_dir / "etcd")
         self._save_state(state)
         self.pki.ensure()
         self._write_token_file(state)
@@ -414,17 +411,21 @@ class DevCluster:
         self._wait_ready(deadline)
         return True
 
-    def down(self, keep_state: bool = False) -> list[str]:
-        """Stop every component this state dir started; remove the state."""
+    def down(self, keep_state: bool = False, keep_etcd_data: bool | None = None) -> list[str]:
+        """Stop every component this state dir started; remove the state. etcd's
+        data (in /dev/shm by default) is kept with the state unless
+        ``keep_etcd_data=False``."""
+        if keep_etcd_data is None:
+            keep_etcd_data = keep_state
         stopped = []
         for name in reversed(COMPONENTS):
             if self._stop(name):
                 stopped.append(name)
         state = self._load_state()
         etcd_data = state.get("etcd_data")
+        if not keep_etcd_data and etcd_data and str(etcd_data).startswith("/dev/shm/"):
+            _rmtree(Path(etcd_data))
         if not keep_state:
-            if etcd_data and str(etcd_data).startswith("/dev/shm/"):
-                _rmtree(Path(etcd_data))
             _rmtree(self.state_dir)
         return stopped
 
