@@ -58,17 +58,11 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         non_null = [o for o in options if o.get("type") != "null"]
         nullable = len(non_null) < len(options)
         if _is_quantity(non_null):
+            # the one anyOf a structural schema allows; the pattern applies to strings only
             out: dict[str, Any] = {
                 "x-kubernetes-int-or-string": True,
-                "anyOf": [
-                    {"type": "integer", "minimum": 0},
-                    {
-                        "type": "string",
-                        "pattern": next(
-                            o["pattern"] for o in non_null if o.get("type") == "string"
-                        ),
-                    },
-                ],
+                "anyOf": [{"type": "integer"}, {"type": "string"}],
+                "pattern": next(o["pattern"] for o in non_null if o.get("type") == "string"),
             }
         elif len(non_null) == 1:
             out = structural(non_null[0], defs)

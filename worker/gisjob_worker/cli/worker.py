@@ -129,7 +129,10 @@ def worker(
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry, job.name, tile)
     if metrics_port is not None:
-        serve(registry, metrics_port)
+        try:
+            serve(registry, metrics_port)
+        except OSError as exc:  # metrics must never fail a tile
+            click.echo(f"gisjob: warning: metrics port {metrics_port}: {exc}", err=True)
     record = run_tile(
         job, WorkerOptions(tile=tile, memory=budget, chunk_scale=chunk_scale, metrics=metrics)
     )
