@@ -1509,11 +1509,11 @@ def _translator(pairs: list[tuple[str, str]]) -> Callable[[str], str]:
     """Rewrite container paths to local ones where they appear as whole path
     components in a string (``/data`` matches ``/data``, ``/data/x``,
     ``--out=/data/x``, ``cat /data/x``, not ``/database``)."""
-    cleaned = sorted(
-        ((r.rstrip("/") or "/", loc) for r, loc in pairs if r != loc), key=lambda p: -len(p[0])
-    )
+    # identity mappings stay in the table: a hostPath mounted at its own path inside another
+    # mount (/tmp/data inside a /tmp emptyDir) must win over the shorter prefix
+    cleaned = sorted(((r.rstrip("/") or "/", loc) for r, loc in pairs), key=lambda p: -len(p[0]))
     cleaned = [(r, loc) for r, loc in cleaned if r != "/"]
-    if not cleaned:
+    if all(r == loc for r, loc in cleaned):
         return lambda s: s
     table = dict(cleaned)
     pattern = re.compile(
