@@ -52,6 +52,7 @@ class RunOptions:
     use_cgroups: bool = True
     backoff_base: float = 1.0
     poll_seconds: float = 0.02
+    metrics_port_base: int | None = None  # worker in slot k serves metrics on base + k
     worker_command: tuple[str, ...] = (sys.executable, "-m", "gisjob_worker")
 
 
@@ -75,6 +76,7 @@ class Running:
     result_path: Path
     started: float
     log: Any
+    slot: int = 0
 
 
 @dataclass
@@ -353,6 +355,10 @@ class LocalExecutor:
             "--result",
             str(result_path),
         ]
+        used_slots = {r.slot for r in self.running.values()}
+        slot = next(k for k in range(self.opts.workers + 1) if k not in used_slots)
+        if self.opts.metrics_port_base is not None:
+            cmd += ["--metrics-port", str(self.opts.metrics_port_base + slot)]
         log = open(self.state_dir / "logs" / f"{tag}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             cmd,
@@ -364,7 +370,9 @@ class LocalExecutor:
             preexec_fn=_preexec(cg, backstop),  # noqa: PLW1509
             start_new_session=True,
         )
-        self.running[proc.pid] = Running(run, launch, proc, cg, result_path, time.monotonic(), log)
+        self.running[proc.pid] = Running(
+            run, launch, proc, cg, result_path, time.monotonic(), log, slot
+        )
         self.on_event(
             "launch",
             {

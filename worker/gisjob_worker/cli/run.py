@@ -46,6 +46,12 @@ def _workers(value: str) -> str:
     help="Write memory.png (memory over time per worker) and summary.json here.",
 )
 @click.option("--no-cgroups", is_flag=True, help="Do not put workers in their own cgroups.")
+@click.option(
+    "--metrics-port-base",
+    type=int,
+    help="Workers serve Prometheus metrics on BASE, BASE+1, ... (one port per "
+    "worker slot) while they run.",
+)
 @one_line_errors
 def run(
     job_file: Path,
@@ -55,6 +61,7 @@ def run(
     fail_fast: bool,
     report_dir: Path | None,
     no_cgroups: bool,
+    metrics_port_base: int | None,
 ) -> None:
     """Plan JOB_FILE and run every tile locally as memory-capped worker processes."""
     from .. import gdalenv, logs
@@ -88,6 +95,7 @@ def run(
         resume=resume,
         fail_fast=fail_fast,
         use_cgroups=not no_cgroups,
+        metrics_port_base=metrics_port_base,
     )
     ui = make_progress(job.name, len(plan.tiles))
     executor = LocalExecutor(job, plan, options, on_update=ui.update, on_event=ui.event)
