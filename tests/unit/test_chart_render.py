@@ -149,8 +149,14 @@ def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return c
 
 
-def normalise_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: sorted(v) if isinstance(v, list) else v for k, v in r.items()} for r in rules]
+def normalise_rules(rules: list[dict[str, Any]]) -> list[str]:
+    """Rules as comparable strings: the order of rules and of list items does not matter."""
+    return sorted(
+        json.dumps(
+            {k: sorted(v) if isinstance(v, list) else v for k, v in r.items()}, sort_keys=True
+        )
+        for r in rules
+    )
 
 
 def deploy_rbac() -> dict[str, dict[str, Any]]:
