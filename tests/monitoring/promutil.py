@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,17 +271,47 @@ class Prometheus:
     def targets(self) -> list[dict[str, Any]]:
         return list(self.api("targets", state="active")["data"]["activeTargets"])
 
-    def wait_up(self, job: str, count: int, timeout: float) -> list[dict[str, Any]]:
-        """Poll /api/v1/targets until ``count`` targets of ``job`` are up."""
+    def wait_scraping(self, job: str, count: int, timeout: float = 30.0) -> None:
+        """Wait until ``count`` targets of ``job`` have been scraped at least once (up or down).
+
+        Prometheus's discovery manager hands targets to the scrape loops only every 5 s, so a
+        short-lived exporter started right after Prometheus may never be scraped."""
         deadline = time.monotonic() + timeout
         while True:
-            ups = [
-                t for t in self.targets() if t["labels"].get("job") == job and t["health"] == "up"
+            scraped = [
+                t
+                for t in self.targets()
+                if t["labels"].get("job") == job and not t["lastScrape"].startswith("0001-")
             ]
-            if len(ups) >= count:
-                return ups
+            if len(scraped) >= count:
+                return
             if time.monotonic() > deadline:
-                raise PrometheusError(f"{job}: {len(ups)}/{count} targets up: {self.targets()}")
+                raise PrometheusError(f"{job}: not scraping after {timeout}s:\n{self.tail()}")
+            time.sleep(0.1)
+
+    def wait_up(
+        self,
+        job: str,
+        count: int,
+        timeout: float,
+        until: Callable[[], bool] | None = None,
+    ) -> set[str]:
+        """Poll /api/v1/targets until ``count`` targets of ``job`` have each been seen up (not
+        necessarily at once: short-lived workers come and go), or ``until()`` turns false
+        (e.g. the process under test ended). Returns the scrape URLs seen up."""
+        deadline = time.monotonic() + timeout
+        seen: set[str] = set()
+        while True:
+            last = self.targets()
+            seen |= {
+                t["scrapeUrl"]
+                for t in last
+                if t["labels"].get("job") == job and t["health"] == "up"
+            }
+            if len(seen) >= count:
+                return seen
+            if time.monotonic() > deadline or (until is not None and not until()):
+                raise PrometheusError(f"{job}: {len(seen)}/{count} targets seen up: {last}")
             time.sleep(0.2)
 
     def alerts(self) -> list[dict[str, Any]]:
