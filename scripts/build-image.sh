@@ -22,6 +22,7 @@ IMAGE=${GISJOB_IMAGE:-gisjob:${VERSION}}
 CACHE_DIR=${GISJOB_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/gisjob}
 SUITE=bookworm
 BASE_PACKAGES="python3 python3-venv ca-certificates"
+BUILDER_CACHE_TAG=localhost/gisjob-build-cache:${VERSION}
 # What the Dockerfile builds FROM when no --build-arg BASE_IMAGE is given.
 DOCKERFILE_BASE=$(sed -n 's/^ARG BASE_IMAGE=\(.*\)$/\1/p' Dockerfile | head -n 1)
 
@@ -203,14 +204,20 @@ T=$(now)
 REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- 2>/dev/null || REVISION="$REVISION-dirty"
 CREATED=$(git log -1 --format=%cI 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)
-log "image: buildah bud -t $IMAGE (isolation chroot, layer cache on)"
-buildah bud --isolation=chroot --layers --pull=never \
-  --build-arg "BASE_IMAGE=$BASE_TAG" \
-  --build-arg "VERSION=$VERSION" \
-  --build-arg "REVISION=$REVISION" \
-  --build-arg "CREATED=$CREATED" \
-  "${secret_args[@]}" \
-  -f Dockerfile -t "$IMAGE" . >&2
+BUILD_ARGS=(--isolation=chroot --layers --pull=never
+  --build-arg "BASE_IMAGE=$BASE_TAG"
+  --build-arg "VERSION=$VERSION"
+  --build-arg "REVISION=$REVISION"
+  --build-arg "CREATED=$CREATED"
+  "${secret_args[@]}" -f Dockerfile)
+# The builder stage is tagged too, so pruning dangling images below keeps its layer cache
+# (the dependency wheels): only layers of superseded builds are removed.
+log "image: buildah bud --target builder -t $BUILDER_CACHE_TAG"
+buildah bud "${BUILD_ARGS[@]}" --target builder -t "$BUILDER_CACHE_TAG" . >&2
+log "image: buildah bud -t $IMAGE (isolation chroot, layer cache on) [$(elapsed "$T")]"
+buildah bud "${BUILD_ARGS[@]}" -t "$IMAGE" . >&2
+pruned=$(podman image prune --force 2>/dev/null | grep -c . || true)
+[ "$pruned" = 0 ] || log "image: pruned $pruned superseded layer images"
 log "image: built $IMAGE ($(podman image inspect --format '{{.Size}}' "$IMAGE" |
   awk '{ printf "%.0f MB", $1 / 1e6 }')) [$(elapsed "$T")]"
 
