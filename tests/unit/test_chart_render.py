@@ -581,3 +581,41 @@ def test_notes_render(helm: str, chart: Path, tmp_path: Path) -> None:
         assert "deployment/gj-gisjob" in notes
         for text in expected:
             assert text in notes, (text, notes)
+
+
+# --------------------------------------------------------------------------- other tools
+
+
+def test_rendered_built_in_kinds_validate_strictly(helm: str, chart: Path, tmp_path: Path) -> None:
+    """Every built-in kind the chart renders passes kubernetes-validate --strict."""
+    kv: Any = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate not installed (pip install it)"
+    )
+    docs = render(helm, chart, tmp_path, EVERY_FLAG, "gj", "gisjob-system", "--include-crds")
+    checked = []
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # prometheus-operator's kinds: server-side dry run in tests/cluster
+        kv.validate(doc, "1.25.0", strict=True)
+        checked.append(doc["kind"])
+    assert len(checked) == len(docs) - 3
+
+
+def test_helm4_sdk_lints_and_enforces_the_schema(chart: Path) -> None:
+    """The same chart under Helm 4 (PyPI helm-python-sdk), when installed."""
+    helm_python: Any = pytest.importorskip(
+        "helm_python", reason="helm-python-sdk (Helm 4) not installed"
+    )
+    for values in ({}, EVERY_FLAG):
+        report = helm_python.lint(str(chart), values, strict=True)
+        assert report["errors"] == [], report
+    report = helm_python.lint(str(chart), {"replicas": "x"}, strict=True)
+    assert any("replicas" in e for e in report["errors"]), report
+    with helm_python.Chart.load(str(chart)) as loaded:
+        out = loaded.render(EVERY_FLAG, name="gj", namespace="gisjob-system")
+    manifests = [text for path, text in out.items() if path.endswith(".yaml")]
+    kinds = sorted(
+        d["kind"] for text in manifests for d in yaml.safe_load_all(text) if isinstance(d, dict)
+    )
+    assert "PodMonitor gj-gisjob-workers" in out["gisjob/templates/NOTES.txt"]
+    assert kinds.count("Deployment") == 1 and "PrometheusRule" in kinds
