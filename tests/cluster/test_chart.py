@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -273,8 +274,28 @@ def test_chart_rbac_runs_the_operator(
     log = tmp_path / "operator.log"
     try:
         identity = dev_cluster.service_account_kubeconfig(namespace, sa_name)
-        me = f"system:serviceaccount:{namespace}:{sa_name}"
-        assert_grants(identity, namespace, me)
+        # started first: its imports overlap with the checks and the raster below
+        metrics_port, liveness_port = free_port(), free_port()
+        with open(log, "wb") as fh:
+            operator = subprocess.Popen(
+                [
+                    str(BIN / "gisjob-operator"),
+                    "run",
+                    "--namespace",
+                    namespace,
+                    "--metrics-port",
+                    str(metrics_port),
+                    "--liveness-port",
+                    str(liveness_port),
+                    "--status-interval",
+                    "1",
+                ],
+                env={**os.environ, "KUBECONFIG": str(identity), "PYTHONUNBUFFERED": "1"},
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        assert_grants(identity, namespace, f"system:serviceaccount:{namespace}:{sa_name}")
 
         # a small real job: 512 x 512, 4 bands, one tile
         write_raster(data_dir / "s2.tif")
@@ -294,26 +315,6 @@ def test_chart_rbac_runs_the_operator(
                 },
             },
         }
-        metrics_port = free_port()
-        with open(log, "wb") as fh:
-            operator = subprocess.Popen(
-                [
-                    str(BIN / "gisjob-operator"),
-                    "run",
-                    "--namespace",
-                    namespace,
-                    "--metrics-port",
-                    str(metrics_port),
-                    "--liveness-port",
-                    str(free_port()),
-                    "--status-interval",
-                    "1",
-                ],
-                env={**os.environ, "KUBECONFIG": str(identity), "PYTHONUNBUFFERED": "1"},
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
         ok(kubectl(admin, "apply", "-f", "-", stdin=yaml.safe_dump(job)))
 
         def phase() -> dict[str, Any] | None:
@@ -341,6 +342,11 @@ def test_chart_rbac_runs_the_operator(
         # no authorization failures anywhere in the operator's log
         text = log.read_text()
         assert "403" not in text and "Forbidden" not in text, tail(log)
+        # the endpoints the chart's probes and metrics Service/ServiceMonitor point at
+        health = urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=5)
+        assert health.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            assert "gisjob_operator_reconciles_total" in r.read().decode()
         # and its events were posted with the chart's identity
         events = ok(kubectl(admin, "-n", namespace, "get", "events", "-o", "json"))
         reasons = {e["reason"] for e in json.loads(events)["items"]}
