@@ -454,7 +454,8 @@ class JobController:
 
             finished = _parse_time(done)
             if finished is not None and self.now >= finished + int(ttl):
-                self.ctx.kube.delete_job(self.namespace, self.name)
+                finalizers = list((self.body.get("metadata") or {}).get("finalizers") or [])
+                self.ctx.kube.delete_job(self.namespace, self.name, finalizers)
                 return "deleted"
         return str(self.status.get("phase"))
 

@@ -353,24 +353,30 @@ def reconcile(
         attempts = [to_attempt(tile_id, h) for h in newest.history]
         attempts.append(to_attempt(tile_id, newest.attempt_record()))
         decision = policy.decide(plan, tile, attempts, config)
+        failure = attempts[-1].failure
+        # every attempt goes to the journal; a killed worker wrote no record of its own
+        record = newest.record or {
+            "tile": tile_id,
+            "outcome": failure or "succeeded",
+            "error": newest.message or ("OOMKilled by its cgroup" if newest.oom_killed else None),
+        }
+        actions.records.append(
+            {
+                **record,
+                "tile": tile_id,
+                "attempt": newest.attempt,
+                "strategy": newest.strategy,
+                "memory": newest.memory,
+                "chunkScale": newest.chunk_scale,
+                "pod": newest.name,
+                "exitCode": newest.exit_code,
+                "oomKilled": newest.oom_killed,
+            }
+        )
         if newest.record:
-            actions.records.append(
-                {
-                    **newest.record,
-                    "tile": tile_id,
-                    "attempt": newest.attempt,
-                    "strategy": newest.strategy,
-                    "memory": newest.memory,
-                    "chunkScale": newest.chunk_scale,
-                    "pod": newest.name,
-                    "exitCode": newest.exit_code,
-                    "oomKilled": newest.oom_killed,
-                }
-            )
             peak = newest.record.get("cgroupPeakBytes") or newest.record.get("peakRssBytes")
             if isinstance(peak, int):
                 p.peak_observed = max(p.peak_observed, peak)
-        failure = attempts[-1].failure
         oom = f"exit {newest.exit_code}" + (", OOMKilled" if newest.oom_killed else "")
         if failure == "memory":
             p.memory_retries += 1
