@@ -345,9 +345,40 @@ def _task_argv(name: str, src: Path, dst: Path) -> list[str]:
 
 
 def clean_env() -> dict[str, str]:
-    """The parent environment minus anything that would steer gisjob or GDAL differently."""
+    """The parent environment minus anything that would steer gisjob or GDAL differently.
+
+    ``PYTHONDONTWRITEBYTECODE`` is dropped too: with it, every Python tool recompiles any
+    module that has no cached ``.pyc`` on every start (≈ 8 % of a small gisjob run's CPU
+    here); deployed images ship compiled bytecode, so tools are measured warm.
+    """
     drop = ("GISJOB_", "GDAL_", "CPL_", "VSI_", "PYOGRIO_", "OMP_", "DASK_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+WARM_MODULES = (
+    "gisjob_worker.cli.main",
+    "gisjob_worker.worker",
+    "gisjob_worker.planner",
+    "gisjob_worker.metrics",
+    "gisjob_worker.operations.raster",
+    "gisjob_worker.operations.vector",
+    "rasterio.shutil",
+    "pyogrio.raw",
+    "pyarrow.parquet",
+    "pyproj",
+    "geopandas",
+)
+
+
+def warm_bytecode() -> None:
+    """Import every Python stack once, untimed, so ``.pyc`` caches exist before timing."""
+    mods = list(WARM_MODULES)
+    if _importable("rioxarray", "dask") is None:
+        mods += ["rioxarray", "dask.array", "xarray"]
+    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)"
+    subprocess.run([_venv_python(), "-c", code, *mods], env=clean_env(), check=False)
 
 
 def raster_job_yaml(src: Path, out: Path, size: int, memory: str) -> str:
@@ -951,6 +982,7 @@ def main(argv: Sequence[str]) -> int:
     print("environment: " + json.dumps(env))
     if shutil.which("time") is None:
         print("note: GNU time not installed; peak RSS comes from wait4() per child")
+    warm_bytecode()
     report: dict[str, Any] = {"environment": env, "raster": {}, "vector": None, "targets": []}
     for size in args.sizes:
         results, plan, target = bench_raster(args, size, budget)
