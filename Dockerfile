@@ -29,8 +29,8 @@ RUN --mount=type=secret,id=pipconf \
     export PIP_CACHE_DIR=/var/cache/pip \
     && if [ -f /run/secrets/pipconf ]; then export PIP_CONFIG_FILE=/run/secrets/pipconf; fi \
     && mkdir -p worker operator && : > README.md \
-    && /opt/build-venv/bin/pip wheel --wheel-dir /wheels . \
-    && rm -rf /wheels/gisjob-*.whl README.md worker operator build ./*.egg-info
+    && /opt/build-venv/bin/pip wheel --wheel-dir /wheels/deps . \
+    && rm -rf /wheels/deps/gisjob-*.whl README.md worker operator build ./*.egg-info
 
 # The project itself: no network needed beyond the build backend (setuptools, wheel).
 COPY README.md ./
@@ -41,36 +41,45 @@ RUN --mount=type=secret,id=pipconf \
     --mount=type=cache,id=gisjob-pip,target=/var/cache/pip \
     export PIP_CACHE_DIR=/var/cache/pip \
     && if [ -f /run/secrets/pipconf ]; then export PIP_CONFIG_FILE=/run/secrets/pipconf; fi \
-    && /opt/build-venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
-    && ls /wheels
+    && /opt/build-venv/bin/pip wheel --no-deps --wheel-dir /wheels/app . \
+    && ls /wheels/deps /wheels/app
+
+# ---------------------------------------------------------------------------------------------
+# The runtime environment, from wheels only (offline). A separate stage so that neither the
+# wheels nor pip end up in the final image. (COPY --from, not RUN --mount=type=bind,from=:
+# buildah mounts a cached stage's content wrongly or stale, buildah#4375 and #4522.)
+FROM ${BASE_IMAGE} AS install
+# Dependencies first: this layer is reused until pyproject.toml changes.
+COPY --from=builder /wheels/deps /wheels/deps
+RUN python3 -m venv /opt/gisjob \
+    && /opt/gisjob/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \
+        /wheels/deps/*.whl
+COPY --from=builder /wheels/app /wheels/app
+# GISJOB_CACHE holds the worker's import baseline (memory.measured_baseline), measured here once
+# per image instead of by two probe interpreters at every pod start (about 3 s each).
+ENV GISJOB_CACHE=/opt/gisjob/cache
+RUN /opt/gisjob/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \
+        --no-deps /wheels/app/gisjob-*.whl \
+    && /opt/gisjob/bin/pip check \
+    && /opt/gisjob/bin/pip uninstall --yes --disable-pip-version-check pip setuptools \
+    && /opt/gisjob/bin/python3 -c "from gisjob_worker.memory import measured_baseline as m; \
+print('import baseline bytes: raster', m('raster'), 'vector', m('vector'))" \
+    && chmod -R a+rX /opt/gisjob
 
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
-
-# Wheels only, from the builder stage through a bind mount (no copy of them stays in a layer);
-# offline (--no-index); pip and setuptools are removed from the runtime environment afterwards.
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python3 -m venv /opt/gisjob \
-    && /opt/gisjob/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \
-        --find-links /wheels /wheels/gisjob-*.whl \
-    && /opt/gisjob/bin/pip uninstall --yes --disable-pip-version-check pip setuptools \
-    && rm -rf /root/.cache \
-    && groupadd --gid 65532 gisjob \
+COPY --from=install /opt/gisjob /opt/gisjob
+RUN groupadd --gid 65532 gisjob \
     && useradd --uid 65532 --gid 65532 --home-dir /tmp --no-create-home \
         --shell /usr/sbin/nologin gisjob
 
 # HOME=/tmp: the only writable place under a read-only root filesystem (pods mount an emptyDir).
-# GISJOB_CACHE holds the worker's measured import baseline (memory.measured_baseline), measured
-# here once per image instead of by two probe interpreters at every pod start (~3 s each).
 ENV PATH=/opt/gisjob/bin:${PATH} \
     HOME=/tmp \
     GISJOB_CACHE=/opt/gisjob/cache \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LANG=C.UTF-8
-RUN python3 -c "from gisjob_worker.memory import measured_baseline as m; \
-print('import baseline bytes: raster', m('raster'), 'vector', m('vector'))" \
-    && chmod -R a+rX /opt/gisjob/cache
 WORKDIR /tmp
 USER 65532:65532
 ENTRYPOINT ["gisjob"]

@@ -22,7 +22,7 @@ IMAGE=${GISJOB_IMAGE:-gisjob:${VERSION}}
 CACHE_DIR=${GISJOB_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/gisjob}
 SUITE=bookworm
 BASE_PACKAGES="python3 python3-venv ca-certificates"
-BUILDER_CACHE_TAG=localhost/gisjob-build-cache:${VERSION}
+CACHE_TAG=localhost/gisjob-build-cache:${VERSION}
 # What the Dockerfile builds FROM when no --build-arg BASE_IMAGE is given.
 DOCKERFILE_BASE=$(sed -n 's/^ARG BASE_IMAGE=\(.*\)$/\1/p' Dockerfile | head -n 1)
 
@@ -31,6 +31,18 @@ die() { log "error: $*"; exit 1; }
 now() { date +%s%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", (b - a) / 1e9 }'; }
 T_START=$(now)
+# Prefix buildah's STEP lines with the seconds since $1 (microseconds, from $EPOCHREALTIME).
+stamp_steps() {
+  local start=$1 line us
+  while IFS= read -r line; do
+    case $line in
+      STEP* | \[*STEP* | COMMIT* | \[*COMMIT*)
+        us=$((${EPOCHREALTIME/./} - start))
+        printf '[%4d.%d s] %s\n' $((us / 1000000)) $((us / 100000 % 10)) "$line" ;;
+      *) printf '%s\n' "$line" ;;
+    esac
+  done
+}
 
 [ "$(id -u)" = 0 ] || die "run as root (buildah with chroot isolation, debootstrap and apt need it)"
 [ -n "$DOCKERFILE_BASE" ] || die "Dockerfile has no 'ARG BASE_IMAGE=<default>' line"
@@ -210,12 +222,15 @@ BUILD_ARGS=(--isolation=chroot --layers --pull=never
   --build-arg "REVISION=$REVISION"
   --build-arg "CREATED=$CREATED"
   "${secret_args[@]}" -f Dockerfile)
-# The builder stage is tagged too, so pruning dangling images below keeps its layer cache
-# (the dependency wheels): only layers of superseded builds are removed.
-log "image: buildah bud --target builder -t $BUILDER_CACHE_TAG"
-buildah bud "${BUILD_ARGS[@]}" --target builder -t "$BUILDER_CACHE_TAG" . >&2
+# The intermediate stages are tagged too, so pruning dangling images below keeps their layer
+# cache (dependency wheels, installed environment): only layers of superseded builds go.
+for stage in builder install; do
+  log "image: buildah bud --target $stage -t $CACHE_TAG-$stage [$(elapsed "$T")]"
+  buildah bud "${BUILD_ARGS[@]}" --target "$stage" -t "$CACHE_TAG-$stage" . 2>&1 |
+    stamp_steps "${EPOCHREALTIME/./}" >&2
+done
 log "image: buildah bud -t $IMAGE (isolation chroot, layer cache on) [$(elapsed "$T")]"
-buildah bud "${BUILD_ARGS[@]}" -t "$IMAGE" . >&2
+buildah bud "${BUILD_ARGS[@]}" -t "$IMAGE" . 2>&1 | stamp_steps "${EPOCHREALTIME/./}" >&2
 pruned=$(podman image prune --force 2>/dev/null | grep -c . || true)
 [ "$pruned" = 0 ] || log "image: pruned $pruned superseded layer images"
 log "image: built $IMAGE ($(podman image inspect --format '{{.Size}}' "$IMAGE" |
