@@ -295,7 +295,14 @@ class JobController:
         )
         digest = plan.digest
         for launch in actions.create:
-            body = build_worker_pod(job, self.uid, self.namespace, launch, digest)
+            body = build_worker_pod(
+                job,
+                self.uid,
+                self.namespace,
+                launch,
+                digest,
+                baseline=(plan.kind, plan.sizing.baseline_bytes),
+            )
             self.ctx.kube.create_pod(self.namespace, body)
             self.memo.created[pod_name(job.name, launch.tile, launch.attempt)] = (self.now, launch)
         if actions.records:
@@ -315,9 +322,8 @@ class JobController:
 
     def _count(self, actions: Actions) -> None:
         m = self.ctx.metrics
-        for e in actions.events:
-            if e.reason == "OutOfMemory":
-                m.oom.labels(self.namespace, self.name).inc()
+        if actions.memory_failures:
+            m.oom.labels(self.namespace, self.name).inc(actions.memory_failures)
         before = Progress.from_status(self.status)
         if actions.progress.other_retries > before.other_retries:
             m.retries.labels(self.namespace, self.name).inc(

@@ -87,7 +87,8 @@ def reconcile_gisjob(
     started = time.perf_counter()
     pods = [dict(p) for p in worker_pods.get((namespace, name), [])]
     try:
-        result = JobController(ctx, _plain(body), pods).tick()
+        controller = JobController(ctx, _plain(body), pods)
+        result = controller.tick()
     except Exception:
         ctx.metrics.reconciles.labels("error").inc()
         log.exception("reconcile of %s/%s failed; retrying next tick", namespace, name)
@@ -95,14 +96,15 @@ def reconcile_gisjob(
     finally:
         ctx.metrics.reconcile_seconds.observe(time.perf_counter() - started)
     ctx.metrics.reconciles.labels(result).inc()
-    for phase in ("Pending", "Running", "Succeeded", "Failed", "Suspended"):
-        ctx.metrics.jobs.labels(namespace or "", name, phase).set(1.0 if result == phase else 0.0)
+    ctx.metrics.set_phase(namespace or "", name, str(controller.status.get("phase") or "Pending"))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def forget(body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Drop what this process remembered of a deleted job (its pods go by owner reference)."""
+def forget(body: kopf.Body, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    """Drop what this process remembered of a deleted job (its pods go by owner reference)
+    and its per-job series (alerts on a job that no longer exists would never resolve)."""
     uid = body.get("metadata", {}).get("uid")
     ctx = getattr(memo, "ctx", None)
     if ctx is not None and uid:
         ctx.jobs.pop(uid, None)
+        ctx.metrics.forget_job(namespace or "", name)

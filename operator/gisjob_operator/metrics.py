@@ -68,3 +68,18 @@ class OperatorMetrics:
             ["namespace", "gisjob"],
             registry=registry,
         )
+
+    PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+    TILE_PHASES = ("pending", "running", "succeeded", "failed")
+
+    def set_phase(self, namespace: str, job: str, phase: str) -> None:
+        for p in self.PHASES:
+            self.jobs.labels(namespace, job, p).set(1.0 if p == phase else 0.0)
+
+    def forget_job(self, namespace: str, job: str) -> None:
+        for p in self.PHASES:
+            self.jobs.remove(namespace, job, p)
+        for p in self.TILE_PHASES:
+            self.tiles.remove(namespace, job, p)
+        for m in (self.oom, self.retries, self.peak_memory):
+            m.remove(namespace, job)

@@ -75,9 +75,16 @@ def _cpu(job: GisJob) -> str:
 
 
 def build_worker_pod(
-    job: GisJob, uid: str, namespace: str, launch: PodLaunch, digest: str
+    job: GisJob,
+    uid: str,
+    namespace: str,
+    launch: PodLaunch,
+    digest: str,
+    baseline: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The pod for one tile attempt."""
+    """The pod for one tile attempt. ``baseline`` (kind, bytes): the import baseline the
+    plan used, passed on so the worker sizes its chunks exactly as planned (and does not
+    re-measure it in every pod)."""
     worker = job.spec.worker
     document = yaml.safe_dump(job.to_document(), sort_keys=False)
     memory = str(launch.memory)
@@ -97,6 +104,11 @@ def build_worker_pod(
         {"name": "GISJOB_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "GISJOB_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "HOME", "value": SCRATCH},
+        *(
+            [{"name": f"GISJOB_BASELINE_{baseline[0].upper()}", "value": str(baseline[1])}]
+            if baseline is not None
+            else []
+        ),
         *worker.env,
     ]
     container: dict[str, Any] = {

@@ -219,6 +219,7 @@ class Actions:
     running: int = 0
     pending: int = 0
     waiting: int = 0  # finished pods not processed this tick (status coalescing)
+    memory_failures: int = 0  # exit 3 / OOMKilled attempts seen this tick
 
 
 class TileTree:
@@ -380,6 +381,7 @@ def reconcile(
         oom = f"exit {newest.exit_code}" + (", OOMKilled" if newest.oom_killed else "")
         if failure == "memory":
             p.memory_retries += 1
+            actions.memory_failures += 1
         if isinstance(decision, policy.Done):
             _mark(tree, p, tile, "done")
             _retire(newest, actions, failed_pods)
