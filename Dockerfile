@@ -45,30 +45,39 @@ RUN --mount=type=secret,id=pipconf \
     && ls /wheels/deps /wheels/app
 
 # ---------------------------------------------------------------------------------------------
-# The runtime environment, from wheels only (offline). A separate stage so that neither the
-# wheels nor pip end up in the final image. (COPY --from, not RUN --mount=type=bind,from=:
-# buildah mounts a cached stage's content wrongly or stale, buildah#4375 and #4522.)
-FROM ${BASE_IMAGE} AS install
-# Dependencies first: this layer is reused until pyproject.toml changes.
+# The runtime environment, from wheels only (offline), in stages of its own so that neither the
+# wheels nor pip reach the final image. (COPY --from, not RUN --mount=type=bind,from=: buildah
+# 1.28 mounts a cached stage's content wrongly or stale, buildah#4375 and #4522.)
+# Dependencies: reused, down to the final image's layer, until pyproject.toml changes.
+FROM ${BASE_IMAGE} AS deps
 COPY --from=builder /wheels/deps /wheels/deps
 RUN python3 -m venv /opt/gisjob \
     && /opt/gisjob/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \
-        /wheels/deps/*.whl
+        /wheels/deps/*.whl \
+    && /opt/gisjob/bin/pip uninstall --yes --disable-pip-version-check pip setuptools
+
+# gisjob itself, installed with a throw-away pip (`--python` drives the pip-less venv); its files
+# are collected under /overlay so the final image adds them as one small layer.
+FROM deps AS app
 COPY --from=builder /wheels/app /wheels/app
 # GISJOB_CACHE holds the worker's import baseline (memory.measured_baseline), measured here once
 # per image instead of by two probe interpreters at every pod start (about 3 s each).
 ENV GISJOB_CACHE=/opt/gisjob/cache
-RUN /opt/gisjob/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \
-        --no-deps /wheels/app/gisjob-*.whl \
-    && /opt/gisjob/bin/pip check \
-    && /opt/gisjob/bin/pip uninstall --yes --disable-pip-version-check pip setuptools \
+RUN python3 -m venv /tmp/pip-tool \
+    && /tmp/pip-tool/bin/pip --python /opt/gisjob/bin/python3 install --no-index --no-cache-dir \
+        --disable-pip-version-check --no-deps /wheels/app/gisjob-*.whl \
+    && /tmp/pip-tool/bin/pip --python /opt/gisjob/bin/python3 check \
+    && rm -rf /tmp/pip-tool \
     && /opt/gisjob/bin/python3 -c "from gisjob_worker.memory import measured_baseline as m; \
 print('import baseline bytes: raster', m('raster'), 'vector', m('vector'))" \
-    && chmod -R a+rX /opt/gisjob
+    && mkdir /overlay \
+    && cp -a --parents /opt/gisjob/lib/python3*/site-packages/gisjob[-_]* \
+        /opt/gisjob/bin/gisjob /opt/gisjob/bin/gisjob-operator /opt/gisjob/cache /overlay/
 
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
-COPY --from=install /opt/gisjob /opt/gisjob
+COPY --from=deps /opt/gisjob /opt/gisjob
+COPY --from=app /overlay/ /
 RUN groupadd --gid 65532 gisjob \
     && useradd --uid 65532 --gid 65532 --home-dir /tmp --no-create-home \
         --shell /usr/sbin/nologin gisjob

@@ -12,7 +12,8 @@
 #
 # Environment: GISJOB_IMAGE (tag), GISJOB_CACHE_DIR (default ~/.cache/gisjob),
 # GISJOB_DEBIAN_MIRROR / GISJOB_DEBIAN_SECURITY_MIRROR (override the mirrors read from apt),
-# GISJOB_IMAGE_NO_SMOKE=1 (skip the final `gisjob --version` run of the image).
+# GISJOB_IMAGE_NO_SMOKE=1 (skip the final `gisjob --version` run of the image),
+# GISJOB_IMAGE_KEEP_LAYERS=1 (do not prune the layers of superseded builds).
 # The last line printed is the image reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -224,15 +225,17 @@ BUILD_ARGS=(--isolation=chroot --layers --pull=never
   "${secret_args[@]}" -f Dockerfile)
 # The intermediate stages are tagged too, so pruning dangling images below keeps their layer
 # cache (dependency wheels, installed environment): only layers of superseded builds go.
-for stage in builder install; do
+for stage in builder deps app; do
   log "image: buildah bud --target $stage -t $CACHE_TAG-$stage [$(elapsed "$T")]"
   buildah bud "${BUILD_ARGS[@]}" --target "$stage" -t "$CACHE_TAG-$stage" . 2>&1 |
     stamp_steps "${EPOCHREALTIME/./}" >&2
 done
 log "image: buildah bud -t $IMAGE (isolation chroot, layer cache on) [$(elapsed "$T")]"
 buildah bud "${BUILD_ARGS[@]}" -t "$IMAGE" . 2>&1 | stamp_steps "${EPOCHREALTIME/./}" >&2
-pruned=$(podman image prune --force 2>/dev/null | grep -c . || true)
-[ "$pruned" = 0 ] || log "image: pruned $pruned superseded layer images"
+if [ -z "${GISJOB_IMAGE_KEEP_LAYERS:-}" ]; then # superseded builds' layers: ~1 GB each
+  pruned=$(podman image prune --force 2>/dev/null | grep -c . || true)
+  [ "$pruned" = 0 ] || log "image: pruned $pruned superseded layer images [$(elapsed "$T")]"
+fi
 log "image: built $IMAGE ($(podman image inspect --format '{{.Size}}' "$IMAGE" |
   awk '{ printf "%.0f MB", $1 / 1e6 }')) [$(elapsed "$T")]"
 
