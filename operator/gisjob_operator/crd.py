@@ -98,6 +98,15 @@ def openapi_schema() -> dict[str, Any]:
     defs = raw.pop("$defs", {})
     spec = structural(raw, defs)
     spec["description"] = "What to run: input, operation, output, tiling, memory, retries."
+    # cpu is a quantity like in a Pod (`cpu: 2` or `cpu: 500m`); the model coerces numbers
+    resources = spec["properties"]["resources"]["properties"]
+    cpu = resources["cpu"]
+    resources["cpu"] = {
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "pattern": cpu["pattern"],
+        "description": cpu["description"],
+    }
     return {
         "type": "object",
         "required": ["spec"],

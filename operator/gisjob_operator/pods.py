@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,10 @@ class PodLaunch:
 
 
 def pod_name(job: str, tile: str, attempt: int) -> str:
-    name = f"{job}-{tile}-{attempt}"
+    # "a" + "i0001-r0000c0000" must not read like "a-i0001" + "r0000c0000": a job name that
+    # ends like a file prefix is separated from the tile by a dot (tile ids have none)
+    sep = "." if re.search(r"-i[0-9]{4,}$", job) else "-"
+    name = f"{job}{sep}{tile}-{attempt}"
     if len(name) <= MAX_NAME:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:10]

@@ -345,6 +345,14 @@ def reconcile(
             continue
         tile = tree.tile(tile_id)
         if tile is None or tile_id not in open_ids:
+            if _under_open_tile(tile_id, open_ids):
+                # a sub-tile of a tile whose split is not in the status yet (that write was
+                # lost, or the operator restarted): its outcome is recorded nowhere, so the
+                # pod keeps its slot until the split is decided again (this tick, since
+                # parents sort before their children, or a later one)
+                slots += 1
+                actions.waiting += 1
+                continue
             _retire(newest, actions, failed_pods)  # resolved before, or not in this plan
             continue
         if not process_finished:
@@ -355,6 +363,13 @@ def reconcile(
         attempts.append(to_attempt(tile_id, newest.attempt_record()))
         decision = policy.decide(plan, tile, attempts, config)
         failure = attempts[-1].failure
+        if isinstance(decision, policy.Launch) and (
+            suspended or (newest.finished_at or now) + decision.delay_seconds > now
+        ):
+            # backoff not over, or suspended: the finished pod keeps its slot and is decided
+            # again on a later tick; only then is the attempt counted, journaled, reported
+            slots += 1
+            continue
         # every attempt goes to the journal; a killed worker wrote no record of its own
         record = newest.record or {
             "tile": tile_id,
@@ -393,8 +408,9 @@ def reconcile(
             _retire(newest, actions, failed_pods)
         elif isinstance(decision, policy.Split):
             p.split.add(tile_id)
-            for child in decision.children:
-                tree.tile(child.id)
+            # the children are known and open from now on: pods of theirs that already
+            # exist (the split's status write was lost) are decided in this same tick
+            open_ids.update(child.id for child in tree.children(tile))
             actions.events.append(
                 Event(
                     "Warning",
@@ -420,17 +436,16 @@ def reconcile(
                     )
                 )
             slots += 1  # the finished pod holds the tile's slot until its successor exists
-            if (newest.finished_at or now) + decision.delay_seconds <= now:
-                successors.append(
-                    PodLaunch(
-                        tile=tile_id,
-                        attempt=decision.number,
-                        memory=decision.memory,
-                        chunk_scale=decision.chunk_scale,
-                        strategy=decision.strategy,
-                        history=(*newest.history, newest.attempt_record()),
-                    )
+            successors.append(
+                PodLaunch(
+                    tile=tile_id,
+                    attempt=decision.number,
+                    memory=decision.memory,
+                    chunk_scale=decision.chunk_scale,
+                    strategy=decision.strategy,
+                    history=(*newest.history, newest.attempt_record()),
                 )
+            )
 
     _collapse(tree, p)
     actions.changed = p.key() != before.key()
@@ -460,6 +475,16 @@ def reconcile(
     actions.pending = max(0, remaining - slots)
     actions.finished = remaining == 0 and slots == 0
     return actions
+
+
+def _under_open_tile(tile_id: str, open_ids: set[str]) -> bool:
+    """Whether ``tile_id`` is a sub-tile (``…-q1``, ``…-h0``) of an open tile."""
+    head = tile_id
+    while "-" in head:
+        head = head.rsplit("-", 1)[0]
+        if head in open_ids:
+            return True
+    return False
 
 
 def _retire(view: PodView, actions: Actions, failed_pods: list[PodView]) -> None:

@@ -481,14 +481,6 @@ def test_schema_rejects_what_it_can_express(validator: Any, doc: dict[str, Any],
     assert list(validator.iter_errors(doc)), why
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: spec.resources.cpu is `type: string` in the CRD, so `cpu: 2` (valid in a "
-        "Pod, and accepted by the spec model, which coerces it to '2') is rejected by the "
-        "API server: the same document runs locally but not on Kubernetes"
-    ),
-)
 def test_cpu_as_an_integer_is_accepted_like_the_model_accepts_it(
     validator: Any,
 ) -> None:

@@ -443,14 +443,5 @@ def test_names_at_the_limit_are_not_shortened() -> None:
     assert pod_name(job, tile, 0) == f"{job}-{tile}-0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: pod names collide across jobs in one namespace: job 'a' (multi-file, tile "
-        "'i0001-r0000c0000') and job 'a-i0001' (single file, tile 'r0000c0000') both name "
-        "their first pod 'a-i0001-r0000c0000-0'; the second create gets 409 (taken as success) "
-        "and that tile stalls while the other job's pod exists"
-    ),
-)
 def test_pod_names_do_not_collide_across_jobs() -> None:
     assert pod_name("a", "i0001-r0000c0000", 0) != pod_name("a-i0001", "r0000c0000", 0)

@@ -944,14 +944,6 @@ def test_suspended_still_records_finished_pods() -> None:
     assert a.progress.completed == {0} and a.create == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: while suspended, a finished pod whose decision is a retry or an out-of-memory "
-        "successor still gets its successor created (reconcile extends create with "
-        "successors unconditionally): a worker pod starts although spec.suspend is true"
-    ),
-)
 @pytest.mark.parametrize("exit_code", [1, 3])
 def test_suspended_launches_no_successor(exit_code: int) -> None:
     pod = failed(T0, exit_code=exit_code, finished_at=NOW - 3600)
@@ -976,14 +968,6 @@ def test_memory_and_other_retry_counters() -> None:
     assert status_of(RASTER, a)["retries"] == {"memory": 4, "other": 6}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: retries.other is incremented on every processed tick while a retry waits for "
-        "its backoff (the Launch decision is re-made each tick, the successor is not created "
-        "yet, and the count was already persisted): one retry is counted many times"
-    ),
-)
 def test_a_retry_waiting_for_backoff_is_counted_once() -> None:
     pod = failed(T0, exit_code=1, finished_at=NOW)  # backoff: 10 s
     st: dict[str, Any] | None = None
@@ -1319,7 +1303,6 @@ SPLIT_BUG = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=SPLIT_BUG)
 def test_no_pod_is_created_twice_and_parallelism_holds_under_faults() -> None:
     problems = {}
     for seed in SIM_SEEDS:
@@ -1339,7 +1322,6 @@ def test_a_clean_run_creates_each_pod_once() -> None:
     assert sim.lost_writes == 0
 
 
-@pytest.mark.xfail(strict=True, reason=SPLIT_BUG)
 def test_children_finishing_before_the_split_is_persisted_are_recorded() -> None:
     parent = split_ready()
     first = tick([parent], parallelism=4)  # the split tick ...
@@ -1351,7 +1333,6 @@ def test_children_finishing_before_the_split_is_persisted_are_recorded() -> None
     assert [c.tile for c in again.create] == [T1, T2, T3]  # no child runs a second time
 
 
-@pytest.mark.xfail(strict=True, reason=SPLIT_BUG)
 def test_children_of_an_unrecorded_split_are_kept_on_unprocessed_ticks() -> None:
     parent = split_ready()
     kid = succeeded(f"{T0}-q0")
