@@ -1292,17 +1292,6 @@ def test_simulation_exercises_every_strategy() -> None:
     assert {"initial", "retry", "shrinkChunks", "split", "grow"} <= seen
 
 
-SPLIT_BUG = (
-    "BUG: sub-tile pods that exist while their parent's split is not in the persisted "
-    "status (the split tick's status write was lost, or the operator restarted before it) "
-    "are retired as if resolved: tree.tile(child.id) in the Split branch registers nothing "
-    "and open_ids is computed before the loop, and on coalesced (unprocessed) ticks they "
-    "are retired before the parent is re-decided. A finished child's outcome is dropped "
-    "(succeeded: pod deleted, child relaunched at attempt 0, work repeats; failed: its "
-    "successor appears later outside the parallelism budget)"
-)
-
-
 def test_no_pod_is_created_twice_and_parallelism_holds_under_faults() -> None:
     problems = {}
     for seed in SIM_SEEDS:
