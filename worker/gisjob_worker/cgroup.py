@@ -44,6 +44,29 @@ def _read_kv(p: Path, key: str) -> int | None:
     return None
 
 
+def read_v1(d: Path) -> CgroupMemory:
+    limit = _read_int(d / "memory.limit_in_bytes")
+    return CgroupMemory(
+        version=1,
+        path=d,
+        limit=None if limit is not None and limit >= V1_UNLIMITED else limit,
+        usage=_read_int(d / "memory.usage_in_bytes"),
+        peak=_read_int(d / "memory.max_usage_in_bytes"),
+        oom_kills=_read_kv(d / "memory.oom_control", "oom_kill"),
+    )
+
+
+def read_v2(d: Path) -> CgroupMemory:
+    return CgroupMemory(
+        version=2,
+        path=d,
+        limit=_read_int(d / "memory.max"),
+        usage=_read_int(d / "memory.current"),
+        peak=_read_int(d / "memory.peak"),
+        oom_kills=_read_kv(d / "memory.events", "oom_kill"),
+    )
+
+
 def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
     """(v2 path, v1 memory path) from the text of ``/proc/self/cgroup`` (pure)."""
     v2: str | None = None
@@ -74,29 +97,12 @@ def current(
         if not d.exists():
             d = base  # inside a container the cgroup namespace root is mounted directly
         if (d / "memory.limit_in_bytes").exists():
-            limit = _read_int(d / "memory.limit_in_bytes")
-            if limit is not None and limit >= V1_UNLIMITED:
-                limit = None
-            return CgroupMemory(
-                version=1,
-                path=d,
-                limit=limit,
-                usage=_read_int(d / "memory.usage_in_bytes"),
-                peak=_read_int(d / "memory.max_usage_in_bytes"),
-                oom_kills=_read_kv(d / "memory.oom_control", "oom_kill"),
-            )
+            return read_v1(d)
     if v2 is not None:
         for base in (root, root / "unified"):
             d = base / v2.lstrip("/")
             if (d / "memory.current").exists():
-                return CgroupMemory(
-                    version=2,
-                    path=d,
-                    limit=_read_int(d / "memory.max"),
-                    usage=_read_int(d / "memory.current"),
-                    peak=_read_int(d / "memory.peak"),
-                    oom_kills=_read_kv(d / "memory.events", "oom_kill"),
-                )
+                return read_v2(d)
     return None
 
 
@@ -114,24 +120,7 @@ class ChildCgroup:
         (self.path / "cgroup.procs").write_text(str(pid))
 
     def stats(self) -> CgroupMemory:
-        d = self.path
-        if self.version == 1:
-            return CgroupMemory(
-                version=1,
-                path=d,
-                limit=_read_int(d / "memory.limit_in_bytes"),
-                usage=_read_int(d / "memory.usage_in_bytes"),
-                peak=_read_int(d / "memory.max_usage_in_bytes"),
-                oom_kills=_read_kv(d / "memory.oom_control", "oom_kill"),
-            )
-        return CgroupMemory(
-            version=2,
-            path=d,
-            limit=_read_int(d / "memory.max"),
-            usage=_read_int(d / "memory.current"),
-            peak=_read_int(d / "memory.peak"),
-            oom_kills=_read_kv(d / "memory.events", "oom_kill"),
-        )
+        return read_v1(self.path) if self.version == 1 else read_v2(self.path)
 
     def remove(self) -> None:
         try:
