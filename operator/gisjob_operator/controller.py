@@ -390,7 +390,9 @@ class JobController:
             conditions, "Running", "False", "Finished", "", now, self.generation
         )
         if failed:
-            message = f"{failed} of {st['tiles']['total']} tiles failed: {st['failedTiles']}"
+            ranges = st["failedTiles"]
+            shown = ranges if len(ranges) <= 200 else ranges[:200].rsplit(",", 1)[0] + ",..."
+            message = f"{failed} of {st['tiles']['total']} tiles failed: {shown}"
             conditions = set_condition(
                 conditions, "Failed", "True", "TilesFailed", message, now, self.generation
             )
