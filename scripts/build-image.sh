@@ -117,7 +117,15 @@ make_base_rootfs() {
   chroot "$root" python3 -c 'import ensurepip, ssl, venv'
 }
 
-RECIPE="suite=$SUITE packages=$BASE_PACKAGES
+# Every image built FROM the local base inherits this label: pruning is limited to them.
+BASE_LABEL=dev.gisjob.image.local-base
+IMPORT_CHANGES=(
+  --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+  --change 'ENV LANG=C.UTF-8'
+  --change 'CMD ["python3"]'
+  --change "LABEL $BASE_LABEL=debootstrap-$SUITE-minbase"
+)
+RECIPE="suite=$SUITE packages=$BASE_PACKAGES import=${IMPORT_CHANGES[*]}
 $(declare -f make_base_rootfs)"
 KEY=$(printf '%s' "$RECIPE" | sha256sum | cut -c1-16)
 BASE_TAG=localhost/gisjob-base:${SUITE}-py311-${KEY}
@@ -135,19 +143,20 @@ else
     make_base_rootfs "$work/rootfs"
     tar --numeric-owner --xattrs --xattrs-include='*' -C "$work/rootfs" -cf "$BASE_TAR.tmp" .
     mv "$BASE_TAR.tmp" "$BASE_TAR"
+    find "$CACHE_DIR" -maxdepth 1 -name 'image-base-*.tar' ! -name "${BASE_TAR##*/}" -delete
     rm -rf "$work"
     trap - EXIT
     log "base: cached $BASE_TAR ($(du -h "$BASE_TAR" | cut -f1)) [$(elapsed "$T")]"
   else
     log "base: using cached $BASE_TAR"
   fi
-  podman import --quiet \
-    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'ENV LANG=C.UTF-8' \
-    --change 'CMD ["python3"]' \
+  podman import --quiet "${IMPORT_CHANGES[@]}" \
     --message "gisjob base: debootstrap $SUITE minbase + $BASE_PACKAGES" \
     "$BASE_TAR" "$BASE_TAG" >/dev/null
 fi
+# Bases of earlier recipes: untag them (their layers go with the prune below).
+podman images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/gisjob-base:' | grep -v -x -F "$BASE_TAG" |
+  xargs -r podman untag >/dev/null 2>&1 || true
 # Plain `buildah bud .` (no --build-arg) on this machine finds the local stand-in too.
 podman tag "$BASE_TAG" "$DOCKERFILE_BASE"
 log "base: $BASE_TAG (also tagged $DOCKERFILE_BASE) [$(elapsed "$T")]"
@@ -233,7 +242,7 @@ done
 log "image: buildah bud -t $IMAGE (isolation chroot, layer cache on) [$(elapsed "$T")]"
 buildah bud "${BUILD_ARGS[@]}" -t "$IMAGE" . 2>&1 | stamp_steps "${EPOCHREALTIME/./}" >&2
 if [ -z "${GISJOB_IMAGE_KEEP_LAYERS:-}" ]; then # superseded builds' layers: ~1 GB each
-  pruned=$(podman image prune --force 2>/dev/null | grep -c . || true)
+  pruned=$(podman image prune --force --filter "label=$BASE_LABEL" 2>/dev/null | grep -c . || true)
   [ "$pruned" = 0 ] || log "image: pruned $pruned superseded layer images [$(elapsed "$T")]"
 fi
 log "image: built $IMAGE ($(podman image inspect --format '{{.Size}}' "$IMAGE" |
