@@ -237,7 +237,8 @@ def test_runs_as_non_root_on_a_read_only_root(image: str) -> None:
     """uid/gid 65532, root filesystem read-only, /tmp (HOME) writable, no build leftovers."""
     script = (
         "id -u; id -g; echo HOME=$HOME;"
-        " touch /opt/gisjob/probe 2>/dev/null && echo root-writable || echo root-read-only;"
+        ' awk \'$2 == "/" { split($4, o, ","); print "root-mount:" o[1] }\' /proc/mounts;'
+        " touch /opt/gisjob/probe 2>/dev/null && echo root-writable || echo root-not-writable;"
         " touch /tmp/probe && echo tmp-writable;"
         " for p in /wheels /run/secrets/pipconf /run/secrets/pipca /etc/pip.conf"
         " /root/.config/pip /root/.cache/pip /opt/gisjob/bin/pip /opt/build-venv; do"
@@ -247,7 +248,8 @@ def test_runs_as_non_root_on_a_read_only_root(image: str) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.split()
     assert lines[:3] == [str(UID), str(UID), "HOME=/tmp"]
-    assert "root-read-only" in lines
+    assert "root-mount:ro" in lines
+    assert "root-not-writable" in lines
     assert "tmp-writable" in lines
     assert not [line for line in lines if line.startswith("leftover:")]
 
