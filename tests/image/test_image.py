@@ -81,6 +81,22 @@ def image() -> str:
     return IMAGE
 
 
+def _image_revision(image: str) -> str:
+    proc = subprocess.run(
+        ["podman", "image", "inspect", "--format",
+         '{{index .Config.Labels "org.opencontainers.image.revision"}}', image],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return proc.stdout.strip() or "?"
+
+
+def _head() -> str:
+    proc = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return proc.stdout.strip() or "?"
+
+
 def podman_run(
     image: str,
     *args: str,
@@ -276,7 +292,11 @@ def test_operator_crd_matches_committed(image: str) -> None:
     assert printed["metadata"]["name"] == "gisjobs.gisjob.dev"
     committed = REPO / "deploy" / "crd.yaml"
     if committed.exists():
-        assert printed == yaml.safe_load(committed.read_text())
+        assert printed == yaml.safe_load(committed.read_text()), (
+            f"the image's CRD differs from deploy/crd.yaml; image built from "
+            f"{_image_revision(image)}, the work tree is at {_head()}: "
+            "rebuild with scripts/build-image.sh"
+        )
 
 
 # --------------------------------------------------------------------------- the worker
