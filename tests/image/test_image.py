@@ -352,3 +352,19 @@ def test_worker_memory_ceiling_from_container_limit(image: str, data: Path) -> N
     assert record["outcome"] == "memory", record
     assert record["memoryBudgetBytes"] <= 128 * 1024 * 1024
     assert not (data / "out-ndvi-container" / "tiles" / "r0001c0000.tif").exists()
+
+
+def test_kernel_oom_kill_below_import_baseline(image: str, data: Path) -> None:
+    """A limit below the interpreter's imports: runc's cgroup kills it (137), nothing written."""
+    proc = podman_run(
+        image,
+        "worker",
+        "--job", "/data/jobs/ndvi-container.yaml",
+        "--tile", "r0001c0001",
+        "--result", "/data/result-oom-killed.json",
+        data=data,
+        memory="48m",
+    )  # fmt: skip
+    assert proc.returncode == 137, (proc.returncode, proc.stderr[-2000:])
+    assert not (data / "result-oom-killed.json").exists()
+    assert not (data / "out-ndvi-container" / "tiles" / "r0001c0001.tif").exists()
