@@ -363,7 +363,7 @@ def test_kernel_oom_kill_below_import_baseline(image: str, data: Path) -> None:
         "--tile", "r0001c0001",
         "--result", "/data/result-oom-killed.json",
         data=data,
-        memory="48m",
+        memory="16m",
     )  # fmt: skip
     assert proc.returncode == 137, (proc.returncode, proc.stderr[-2000:])
     assert not (data / "result-oom-killed.json").exists()
