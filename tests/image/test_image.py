@@ -281,6 +281,15 @@ def test_entry_points(image: str) -> None:
     proc = podman_run(image, "--help", entrypoint="gisjob-operator")
     assert proc.returncode == 0, proc.stderr
     assert "crd" in proc.stdout
+    # the operations registry comes from gisjob's entry points (its dist-info is in the image)
+    proc = podman_run(image, "operations")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("scale", "ndvi", "expression", "filter"):
+        assert name in proc.stdout
+    # the operator's run-time stack imports on a read-only root
+    code = "import kopf, kubernetes, gisjob_operator.controller, gisjob_operator.handlers"
+    proc = podman_run(image, "-c", code, entrypoint="python3")
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_operator_crd_matches_committed(image: str) -> None:
