@@ -66,6 +66,7 @@ log "tools: $(buildah --version | cut -d' ' -f1-3), $(podman --version), $(runc 
 # --- 2. base image ----------------------------------------------------------------------------
 # The Debian archive and security mirrors this machine's apt uses (deb entries only).
 apt_mirror() { # $1: awk regex on the suite
+  # shellcheck disable=SC2016  # $(...) here is apt's own format syntax
   apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Created-By: Packages' 2>/dev/null |
     awk -v re="$1" '$2 ~ re { print $1; exit }'
 }
