@@ -8,12 +8,25 @@ bash scripts/setup.sh
 echo "== ruff"
 .venv/bin/ruff check --output-format concise worker operator tests bench
 .venv/bin/ruff format --check worker operator tests bench
+.venv/bin/hadolint Dockerfile
 echo "== mypy --strict"
 .venv/bin/mypy
 if [ -f tests/cluster/setup_binaries.sh ] && [ -z "${GISJOB_SKIP_CLUSTER:-}" ]; then
   echo "== control-plane binaries"
   KUBEBUILDER_ASSETS="$(bash tests/cluster/setup_binaries.sh | tail -n 1)"
   export KUBEBUILDER_ASSETS
+fi
+if [ -z "${GISJOB_SKIP_IMAGE:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== container image (scripts/build-image.sh; base and layers cached outside the repo)"
+  image_log=$(mktemp)
+  if bash scripts/build-image.sh >/dev/null 2>"$image_log"; then
+    grep '^build-image:' "$image_log" || true
+  else
+    tail -n 80 "$image_log"
+    echo "container image build failed (GISJOB_SKIP_IMAGE=1 skips it)" >&2
+    exit 1
+  fi
+  rm -f "$image_log"
 fi
 echo "== pytest"
 .venv/bin/pytest -p no:cacheprovider "$@"
