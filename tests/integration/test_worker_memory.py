@@ -57,7 +57,7 @@ def test_vector_peak_is_flat_across_input_sizes(tmp_path: Path) -> None:
     from gisjob_worker.demo import write_parcels
 
     peaks: dict[int, int] = {}
-    for factor, n in ((1, 10_000), (4, 40_000), (16, 160_000)):
+    for factor, n in ((1, 20_000), (4, 80_000), (16, 320_000)):
         src = tmp_path / f"p{factor}.gpkg"
         write_parcels(src, n)
         job = write_job(

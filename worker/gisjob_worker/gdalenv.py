@@ -14,6 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 VSI_CURL_CACHE_BYTES = 16 * 1024**2
 
@@ -40,6 +41,37 @@ def configure(cache_bytes: int, num_threads: int) -> None:
             f"GDAL configured after {', '.join(loaded)} was imported: settings would not apply"
         )
     os.environ.update(gdal_environment(cache_bytes, num_threads))
+
+
+# pyogrio probes these at import (pyogrio._compat: ``try: import geopandas``, ``import
+# pandas``) to switch optional features on. A vector worker only uses ``pyogrio.raw``
+# (Arrow), which needs neither; importing them costs ~45 MiB resident and 0.25-1 s.
+PYOGRIO_OPTIONAL = ("geopandas", "pandas")
+
+
+def import_pyogrio() -> Any:
+    """``import pyogrio`` without the optional geopandas/pandas it would pull in.
+
+    For single-purpose worker processes only (``gisjob worker`` on a vector tile, the
+    baseline probe): a process that later calls ``pyogrio.read_dataframe`` — a test
+    session, ``gisjob demo`` — must import pyogrio normally. The modules are hidden only
+    while pyogrio imports (``sys.modules[name] = None`` makes ``import name`` raise
+    ImportError), then un-hidden. Importing pandas later is harmless but brings the cost
+    back: avoid ``pa.array(ndarray)`` and ``to_numpy()`` on binary Arrow data in hot paths —
+    pyarrow's pandas shim imports pandas for both.
+    """
+    if "pyogrio" in sys.modules:
+        return sys.modules["pyogrio"]
+    hidden = [m for m in PYOGRIO_OPTIONAL if m not in sys.modules]
+    for m in hidden:
+        sys.modules[m] = None  # type: ignore[assignment]
+    try:
+        import pyogrio
+    finally:
+        for m in hidden:
+            if m in sys.modules and sys.modules[m] is None:
+                del sys.modules[m]
+    return pyogrio
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,13 @@ FIXED_SLACK = 48 * MIB
 DEFAULT_CHUNK_BYTES = 64 * MIB
 # Vector batches: GDAL's Arrow stream keeps the next batch while we work on one.
 VECTOR_STREAM_BATCHES = 2
-MAX_BATCH_ROWS = 65_536
+# Smaller batches cost no time (measured: 7k-65k rows within noise on 500k polygons) and
+# keep a filter+area worker at ~180 MiB instead of ~265 MiB.
+MAX_BATCH_ROWS = 8_192
 MIN_BATCH_ROWS = 64
+
+# Bump when what a worker imports changes, so cached baselines are re-measured.
+BASELINE_PROBE_VERSION = 2
 
 Kind = Literal["raster", "vector"]
 
@@ -148,7 +153,7 @@ print(json.dumps({"rss": psutil.Process().memory_info().rss}))
 
 
 def _env_key() -> str:
-    parts = [sys.executable, sys.version]
+    parts = [sys.executable, sys.version, f"probe={BASELINE_PROBE_VERSION}"]
     for dist in ("gisjob", "rasterio", "pyogrio", "numpy", "pyarrow", "shapely", "pyproj"):
         try:
             parts.append(f"{dist}={version(dist)}")

@@ -52,6 +52,10 @@ def import_raster_stack() -> None:
 def import_vector_stack() -> None:
     """Everything a vector worker imports before its first batch (the memory baseline)."""
     import pyarrow.parquet  # noqa: F401
+
+    from . import gdalenv
+
+    gdalenv.import_pyogrio()
     import pyogrio.raw  # noqa: F401
     import pyproj  # noqa: F401
     import shapely  # noqa: F401

@@ -121,6 +121,10 @@ def worker(
 
     res = job.spec.resources
     gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
+    from ..registry import get_operation
+
+    if get_operation(job.spec.operation.name).kind == "vector":
+        gdalenv.import_pyogrio()  # this process reads Arrow only: skip geopandas/pandas
     from prometheus_client import CollectorRegistry
 
     from ..metrics import WorkerMetrics, push, serve

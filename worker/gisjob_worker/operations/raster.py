@@ -86,6 +86,16 @@ class Scale(RasterOperation[ScaleParams]):
     def _compute_dtype(self, params: ScaleParams) -> np.dtype[Any]:
         return np.dtype("float64" if params.dtype in ("float64", "uint32", "int32") else "float32")
 
+    @staticmethod
+    def _direct(
+        params: ScaleParams, in_dtype: np.dtype[Any], ctype: np.dtype[Any], out: RasterOutput
+    ) -> bool:
+        if params.clip is not None or np.dtype(out.dtype) != ctype or in_dtype.kind not in "iu":
+            return False
+        info = np.iinfo(in_dtype)
+        bound = abs(params.scale) * max(-int(info.min), int(info.max)) + abs(params.offset)
+        return bound < float(np.finfo(ctype).max)
+
     def temp_bytes_per_pixel(self, params: ScaleParams, src: RasterSource) -> int:
         # one band at a time: the float copy, plus clip/rint results for integer outputs
         return 2 * self._compute_dtype(params).itemsize
@@ -95,7 +105,16 @@ class Scale(RasterOperation[ScaleParams]):
     ) -> np.ndarray:
         result = np.empty((data.shape[0], *data.shape[1:]), dtype=out.dtype)
         ctype = self._compute_dtype(params)
+        all_valid = bool(valid.all())
         for i in range(data.shape[0]):
+            if self._direct(params, data.dtype, ctype, out):
+                # float output, no clip, integer input that cannot overflow: every result is
+                # finite, so compute straight into the output (2 passes, no temporaries)
+                np.multiply(data[i], ctype.type(params.scale), out=result[i], dtype=ctype)
+                result[i] += ctype.type(params.offset)
+                if not all_valid:
+                    result[i][~valid] = out.nodata
+                continue
             x = data[i].astype(ctype)
             x *= params.scale
             x += params.offset

@@ -78,7 +78,11 @@ def area_km2(wkb: pa.Array | pa.ChunkedArray, crs: str, equal_area_crs: str) -> 
     import numpy as np
     import shapely
 
-    geoms = shapely.from_wkb(np.asarray(wkb.to_numpy(zero_copy_only=False), dtype=object))
+    # to_pylist, not to_numpy(zero_copy_only=False): pyarrow imports pandas for the latter
+    objs = np.empty(len(wkb), dtype=object)
+    objs[:] = wkb.to_pylist()
+    geoms = shapely.from_wkb(objs)
+    del objs
     tr = _transformer(crs, equal_area_crs)
     projected = shapely.transform(
         geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))
@@ -110,8 +114,13 @@ class Filter(VectorOperation[FilterParams]):
             return table
         if crs is None:
             raise ValueError("the input layer has no CRS: cannot compute areas")
-        areas = area_km2(table.column(GEOMETRY), crs, params.equal_area_crs)
-        column = pa.array(areas, type=pa.float64())
+        import numpy as np
+
+        areas = np.ascontiguousarray(
+            area_km2(table.column(GEOMETRY), crs, params.equal_area_crs), dtype=np.float64
+        )
+        # from_buffers, not pa.array(ndarray): pyarrow's pandas shim would import pandas
+        column = pa.Array.from_buffers(pa.float64(), len(areas), [None, pa.py_buffer(areas)])
         index = table.schema.get_field_index(params.area_column)
         if index >= 0:
             return table.set_column(index, params.area_column, column)
