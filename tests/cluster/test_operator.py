@@ -464,7 +464,7 @@ def test_tile_oom_killed_by_its_cgroup_recovers_by_growing(
         {"uri": str(data / "out"), "format": "GeoParquet"},
         tiling={"featuresPerTile": 5000},
         parallelism=1,
-        resources={"memory": "300Mi", "maxMemory": "1Gi", "gdalCacheMax": "4Mi"},
+        resources={"memory": "240Mi", "maxMemory": "1Gi", "gdalCacheMax": "4Mi"},
         retry={"onOutOfMemory": ["grow", "grow"]},
     )
     recorder = PodRecorder(setup)
@@ -484,7 +484,7 @@ def test_tile_oom_killed_by_its_cgroup_recovers_by_growing(
     strategies = [a["strategy"] for a in tile["attempts"]]
     assert strategies[:2] == ["initial", "grow"], tile["attempts"]
     assert tile["attempts"][0]["oomKilled"] is True
-    assert tile["attempts"][1]["memory"] == 450 * MIB  # 300Mi x 1.5
+    assert tile["attempts"][1]["memory"] == 360 * MIB  # 240Mi x 1.5
     events = kubectl(
         setup["admin"],
         "get",
