@@ -28,5 +28,7 @@ if [ -z "${GISJOB_SKIP_IMAGE:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >
   fi
   rm -f "$image_log"
 fi
+echo "== import baselines (measured once per environment, cached in ~/.cache/gisjob)"
+.venv/bin/python -c 'from gisjob_worker.memory import measured_baseline as m; print(m("raster"), m("vector"))'
 echo "== pytest"
 .venv/bin/pytest -p no:cacheprovider "$@"

@@ -37,9 +37,22 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 JOB = "mon-ndvi"
 MIB = 1024**2
-MEMORY = 180 * MIB
 WORKERS = 2
-TILE = 4096  # 2 tiles of 64 chunks (512x512, forced by the 180Mi budget): ~4 s per worker
+TILE = 4096  # 2 tiles of 64 chunks (512x512, forced by the budget): ~4 s per worker
+
+
+def _budget() -> str:
+    """A budget that forces one-block (512x512) chunks on this machine's real baseline:
+    room for one block's working set (27 B/pixel x 1.15) and not for two."""
+    from gisjob_worker import memory
+
+    baseline = memory.measured_baseline("raster")
+    working = int(512 * 512 * 27 * 1.15 * 1.5)
+    estimate = baseline + 8 * 2**20 + memory.FIXED_SLACK + working
+    return str(int(estimate * 1.2) // MIB * MIB)
+
+
+MEMORY = int(_budget())
 
 
 def _raster(path: Path, width: int = 4096, height: int = 8192) -> None:
@@ -81,7 +94,7 @@ def _job(folder: Path) -> Path:
             "operation": {"name": "ndvi", "params": {"nir": 4, "red": 3}},
             "output": {"uri": "out", "format": "COG"},
             "tiling": {"tileSize": TILE},
-            "resources": {"memory": "180Mi", "gdalCacheMax": "8Mi", "memoryHeadroom": 0.2},
+            "resources": {"memory": str(MEMORY), "gdalCacheMax": "8Mi", "memoryHeadroom": 0.2},
             "parallelism": WORKERS,
         },
     }
