@@ -8,8 +8,8 @@ The job is chosen to go through the interesting paths in a few seconds:
 * a ResourceQuota of ``pods: 0`` at first: the operator's pod creations fail with 403 (API
   errors, reconcile errors) until the test deletes it;
 * job ``mon-skew``: two vector tiles, the second one far heavier than the planner's sample
-  suggests: tile 0 succeeds (progress, ETA), tile 1 runs out of memory at 270Mi and again
-  at 405Mi, and succeeds at 608Mi (two OOMs: GisJobTileOutOfMemory);
+  suggests: tile 0 succeeds (progress, ETA), tile 1 runs out of memory at ~110 MiB above
+  the import baseline and succeeds after growing (GisJobTileOutOfMemory);
 * job ``mon-nogrow``: the same data without out-of-memory strategies: tile 1 fails, the job
   fails (GisJobFailed).
 
@@ -124,6 +124,10 @@ def _vector_baseline() -> int:
     return measured_baseline("vector")
 
 
+def _skew_memory() -> str:
+    return f"{(_vector_baseline() + 110 * 2**20) // 2**20}Mi"
+
+
 def _job(name: str, data: Path, src: Path, strategies: list[str]) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -135,7 +139,8 @@ def _job(name: str, data: Path, src: Path, strategies: list[str]) -> dict[str, A
             "output": {"uri": str(data / name), "format": "GeoParquet"},
             "tiling": {"featuresPerTile": 5000},
             "parallelism": 2,
-            "resources": {"memory": "270Mi", "maxMemory": "1Gi", "gdalCacheMax": "4Mi"},
+            # ~110 MiB above the import baseline: tile 1's batch of huge polygons needs more
+            "resources": {"memory": _skew_memory(), "maxMemory": "1Gi", "gdalCacheMax": "4Mi"},
             "retry": {"onOutOfMemory": strategies},
             "worker": {
                 "volumes": [{"name": "data", "hostPath": {"path": str(data)}}],
@@ -332,7 +337,7 @@ def test_every_operator_panel_has_data_and_alerts_fire(
         assert value("gisjob_operator_jobs", FAILING_JOB, phase="Failed") == 1
         assert value("gisjob_operator_tiles", JOB, phase="succeeded") == 2
         assert value("gisjob_operator_tiles", FAILING_JOB, phase="failed") == 1
-        assert value("gisjob_operator_tile_oom_total", JOB) == 2
+        assert value("gisjob_operator_tile_oom_total", JOB) >= 1
         peak = _value(prom, f'gisjob_operator_job_peak_memory_bytes{{gisjob="{JOB}"}}')
         assert peak is not None and peak > 50 * 1024**2
         errors = prom.query("sum by (verb, resource, code) (gisjob_operator_api_errors_total)")
