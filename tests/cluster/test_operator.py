@@ -589,24 +589,40 @@ def test_suspend_stops_pods_and_resume_completes(setup: dict[str, Any], operator
     time.sleep(2)
     assert not [p for p in job_pods(setup, "suspend") if p.status.phase in ("Pending", "Running")]
     doc["spec"]["suspend"] = False
-    doc["spec"]["ttlSecondsAfterFinished"] = 2
     assert apply(setup, doc).returncode == 0
     done = wait_phase(setup, operator, "suspend", ("Succeeded", "Failed"), timeout=180)
     assert done["status"]["phase"] == "Succeeded"
 
-    # ttlSecondsAfterFinished: the finished job is deleted
+
+def test_ttl_deletes_a_finished_job(setup: dict[str, Any], operator: Operator) -> None:
+    data = setup["dir"] / "ttl"
+    data.mkdir(exist_ok=True)
+    from gisjob_worker.demo import write_raster
+
+    write_raster(data / "in.tif", 512)
+    doc = _job(
+        "ttl",
+        data,
+        {"uri": str(data / "in.tif")},
+        {"name": "ndvi", "params": {"nir": 4, "red": 3}},
+        {"uri": str(data / "out"), "format": "GTiff"},
+        ttlSecondsAfterFinished=2,
+    )
+    assert apply(setup, doc).returncode == 0
+
     def gone() -> bool:
         try:
-            get_job(setup, "suspend")
+            get_job(setup, "ttl")
         except k8s.ApiException as exc:
             return exc.status == 404
         return False
 
     try:
-        wait_for(gone, timeout=30, what="the finished job deleted by its TTL")
+        wait_for(gone, timeout=120, what="the finished job deleted by its TTL")
     except TimeoutError:
-        meta = get_job(setup, "suspend")["metadata"]
-        raise AssertionError(f"not deleted: {meta}\n{operator.tail()}") from None
+        job = get_job(setup, "ttl")
+        raise AssertionError(f"not deleted: {job.get('status')}\n{operator.tail()}") from None
+    assert (data / "out" / "manifest.json").exists()
 
 
 def test_deleting_a_job_mid_run_removes_its_pods(setup: dict[str, Any], operator: Operator) -> None:
