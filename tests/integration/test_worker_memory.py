@@ -8,7 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from worker_helpers import GISJOB, job_doc, make_raster, run_cli, run_worker, write_job
+from worker_helpers import (
+    GISJOB,
+    budget_mib,
+    job_doc,
+    make_raster,
+    run_cli,
+    run_worker,
+    write_job,
+)
 
 from gisjob_worker.cgroup import create_child
 
@@ -25,6 +33,7 @@ def _plan(job: Path) -> dict:  # type: ignore[type-arg]
 def test_raster_peak_is_flat_across_input_sizes(tmp_path: Path) -> None:
     """1x, 4x, 16x the pixels: peak RSS under the budget and within 10 % of the 1x peak."""
     peaks: dict[int, int] = {}
+    rbudget = budget_mib("raster", 4, 14)  # ~14 MiB of chunks on this machine's baseline
     for factor, edge in ((1, 1024), (4, 2048), (16, 4096)):
         src = make_raster(tmp_path / f"in{factor}.tif", edge, edge, count=2)
         job = write_job(
@@ -35,7 +44,7 @@ def test_raster_peak_is_flat_across_input_sizes(tmp_path: Path) -> None:
                 {"name": "ndvi", "params": {"nir": 2, "red": 1}},
                 {"uri": str(tmp_path / f"out{factor}"), "format": "GTiff"},
                 tiling={"tileSize": 8192},
-                resources={"memory": "200Mi", "gdalCacheMax": "4Mi"},
+                resources={"memory": rbudget, "gdalCacheMax": "4Mi"},
             ),
         )
         plan = _plan(job)
@@ -46,7 +55,7 @@ def test_raster_peak_is_flat_across_input_sizes(tmp_path: Path) -> None:
         rec = run.record
         assert rec is not None and rec["outcome"] == "succeeded"
         assert rec["chunks"] == tile["chunks"]
-        assert rec["peakRssBytes"] <= 200 * MIB, "peak over the budget"
+        assert rec["peakRssBytes"] <= int(rbudget.removesuffix("Mi")) * MIB, "over the budget"
         assert rec["peakRssBytes"] <= tile["estimatedPeakBytes"], "the model under-predicted"
         peaks[factor] = rec["peakRssBytes"]
     for factor in (4, 16):
@@ -57,6 +66,7 @@ def test_vector_peak_is_flat_across_input_sizes(tmp_path: Path) -> None:
     from gisjob_worker.demo import write_parcels
 
     peaks: dict[int, int] = {}
+    budget = budget_mib("vector", 4, 8)  # ~8 MiB of batches on this machine's baseline
     for factor, n in ((1, 20_000), (4, 80_000), (16, 320_000)):
         src = tmp_path / f"p{factor}.gpkg"
         write_parcels(src, n)
@@ -68,7 +78,7 @@ def test_vector_peak_is_flat_across_input_sizes(tmp_path: Path) -> None:
                 {"name": "filter", "params": {"where": "population > 300", "area": True}},
                 {"uri": str(tmp_path / f"out{factor}"), "format": "GeoParquet"},
                 tiling={"featuresPerTile": 1_000_000},
-                resources={"memory": "280Mi", "gdalCacheMax": "4Mi"},
+                resources={"memory": budget, "gdalCacheMax": "4Mi"},
             ),
         )
         plan = _plan(job)
@@ -78,7 +88,7 @@ def test_vector_peak_is_flat_across_input_sizes(tmp_path: Path) -> None:
         assert run.code == 0, run.stderr
         rec = run.record
         assert rec is not None and rec["outcome"] == "succeeded"
-        assert rec["peakRssBytes"] <= 280 * MIB
+        assert rec["peakRssBytes"] <= int(budget.removesuffix("Mi")) * MIB
         assert rec["peakRssBytes"] <= tile["estimatedPeakBytes"], "the model under-predicted"
         peaks[factor] = rec["peakRssBytes"]
     for factor in (4, 16):
