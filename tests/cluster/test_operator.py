@@ -421,7 +421,7 @@ def test_demo_jobs_succeed_with_outputs_equal_to_local_runs(
 
 
 def _skewed_vectors(folder: Path) -> Path:
-    """5,000 small parcels, then 300 polygons of 8,000 vertices: the planner's sample (the
+    """5,000 small parcels, then 600 polygons of 8,000 vertices: the planner's sample (the
     first features) makes the second tile's batches look small; they are not."""
     import geopandas as gpd
     import shapely
@@ -433,7 +433,7 @@ def _skewed_vectors(folder: Path) -> Path:
     ]
     t = np.linspace(0, 2 * np.pi, 8000, endpoint=False)
     big = []
-    for i in range(300):
+    for i in range(600):
         r = 1000 + rng.uniform(0, 50, t.size)
         big.append(
             shapely.Polygon(
@@ -441,7 +441,7 @@ def _skewed_vectors(folder: Path) -> Path:
             )
         )
     gdf = gpd.GeoDataFrame(
-        {"population": rng.integers(0, 1000, 5300)}, geometry=small + big, crs="EPSG:32632"
+        {"population": rng.integers(0, 1000, 5600)}, geometry=small + big, crs="EPSG:32632"
     )
     path = folder / "skew.gpkg"
     gdf.to_file(path, layer="parcels", engine="pyogrio")
