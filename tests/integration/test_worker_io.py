@@ -343,3 +343,91 @@ def test_metrics_served_while_running_and_pushed_at_exit(tmp_path: Path) -> None
     )
     assert float(chunks.rsplit(" ", 1)[1]) >= 2
     assert os.path.exists(tmp_path / "out" / "tiles" / "r0000c0000.tif")
+
+
+def _metric(body: str, name: str) -> float:
+    line = next(ln for ln in body.splitlines() if ln.startswith(name + "{"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_metrics_linger_waits_for_the_final_scrape(tmp_path: Path) -> None:
+    """With --metrics-linger, a finished worker keeps serving until it is scraped once more,
+    and that scrape carries the final values; then it exits at once."""
+    src = make_raster(tmp_path / "in.tif", 1024, 1024, count=2)
+    job = write_job(
+        tmp_path / "job.yaml",
+        job_doc(
+            "lg",
+            {"uri": str(src)},
+            {"name": "scale", "params": {"scale": 2.0}},
+            {"uri": str(tmp_path / "out"), "format": "GTiff"},
+            resources={"memory": budget_mib("raster", 8, 24), "gdalCacheMax": "8Mi"},
+        ),
+    )
+    port = _free_port()
+    result = tmp_path / "result.json"
+    proc = subprocess.Popen(
+        [
+            GISJOB,
+            "worker",
+            "--job",
+            str(job),
+            "--tile",
+            "r0000c0000",
+            "--result",
+            str(result),
+            "--metrics-port",
+            str(port),
+            "--metrics-linger",
+            "120",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not result.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert result.exists(), "the worker must write its result before lingering"
+        time.sleep(0.5)
+        assert proc.poll() is None, "a finished worker lingers until its final scrape"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            body = r.read().decode()
+        t0 = time.monotonic()
+        proc.wait(timeout=10)
+        assert time.monotonic() - t0 < 5, "the worker exits right after the final scrape"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    record = json.loads(result.read_text())
+    assert _metric(body, "gisjob_worker_chunks_total") >= 1
+    assert _metric(body, "gisjob_worker_memory_budget_bytes") > 0
+    assert _metric(body, "gisjob_worker_peak_resident_memory_bytes") >= record["peakRssBytes"]
+
+
+def test_metrics_linger_is_bounded(tmp_path: Path) -> None:
+    """Nobody scrapes: the worker gives up after --metrics-linger seconds and exits 0."""
+    src = make_raster(tmp_path / "in.tif", 512, 512, count=1)
+    job = write_job(
+        tmp_path / "job.yaml",
+        job_doc(
+            "lb",
+            {"uri": str(src)},
+            {"name": "scale", "params": {"scale": 2.0}},
+            {"uri": str(tmp_path / "out"), "format": "GTiff"},
+            resources={"memory": budget_mib("raster", 8, 24), "gdalCacheMax": "8Mi"},
+        ),
+    )
+    common = [GISJOB, "worker", "--job", str(job), "--tile", "r0000c0000"]
+    common += ["--result", str(tmp_path / "r.json"), "--metrics-port", str(_free_port())]
+    t0 = time.monotonic()
+    subprocess.run(common, check=True, capture_output=True, timeout=120)
+    plain = time.monotonic() - t0
+    t0 = time.monotonic()
+    subprocess.run([*common, "--metrics-linger", "2"], check=True, capture_output=True, timeout=120)
+    lingered = time.monotonic() - t0
+    assert lingered >= 2.0
+    assert lingered < plain + 2.0 + 5.0

@@ -38,6 +38,9 @@ BIN = Path(sys.executable).parent
 JOB = "mon-ndvi"
 MIB = 1024**2
 WORKERS = 2
+# range queries step at half the scrape interval: a sample scraped between two steps and
+# followed by a stale marker (the worker exited) is still seen by the next step
+STEP = 0.25
 TILE = 4096  # 2 tiles of 64 chunks (512x512, forced by the budget): ~4 s per worker
 
 
@@ -169,6 +172,9 @@ def test_every_worker_panel_has_data_from_real_workers(
                 str(base),
                 "--workers",
                 str(WORKERS),
+                # a tile takes ~1 s on a quiet machine: each worker waits for its final scrape
+                "--metrics-linger",
+                "3",
             ],
             cwd=data,
             timeout=120,
@@ -200,7 +206,7 @@ def test_every_worker_panel_has_data_from_real_workers(
         checked = []
         for t in targets(dashboard):
             expr = substitute(t.expr, variables)
-            body = prom.query_range(expr, start, end, 1.0)
+            body = prom.query_range(expr, start, end, STEP)
             assert body.get("status") == "success", f"{t}: {expr}\n{body}"
             if t.source != "worker":
                 continue  # the operator's panels: tests/cluster/test_monitoring_operator.py
@@ -213,7 +219,7 @@ def test_every_worker_panel_has_data_from_real_workers(
 
         # ---------------------------------------------------------- the numbers make sense
         def values_by(expr: str, label: str) -> dict[str, list[float]]:
-            body = prom.query_range(expr, start, end, 1.0)
+            body = prom.query_range(expr, start, end, STEP)
             assert body["status"] == "success", body
             return {
                 s["metric"].get(label, ""): [float(v) for _, v in s["values"]]

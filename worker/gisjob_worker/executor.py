@@ -53,6 +53,7 @@ class RunOptions:
     backoff_base: float = 1.0
     poll_seconds: float = 0.02
     metrics_port_base: int | None = None  # worker in slot k serves metrics on base + k
+    metrics_linger: float = 0.0  # a worker waits (at most) this long for its final scrape
     worker_command: tuple[str, ...] = (sys.executable, "-m", "gisjob_worker")
 
 
@@ -359,6 +360,8 @@ class LocalExecutor:
         slot = next(k for k in range(self.opts.workers + 1) if k not in used_slots)
         if self.opts.metrics_port_base is not None:
             cmd += ["--metrics-port", str(self.opts.metrics_port_base + slot)]
+            if self.opts.metrics_linger > 0:
+                cmd += ["--metrics-linger", repr(self.opts.metrics_linger)]
         log = open(self.state_dir / "logs" / f"{tag}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             cmd,

@@ -3,13 +3,24 @@
 Live values (RSS, cgroup, GDAL cache) are read at scrape time; counters and the chunk-duration
 histogram are updated per chunk. Served on a port while the worker runs, and optionally pushed
 once at exit to a Pushgateway (grouping key ``gisjob``/``tile``) because scrapes miss short peaks.
+A worker may also linger after its tile until it has been scraped once more
+(:class:`MetricsServer` counts the scrapes it has sent), so the final peak and counters
+reach Prometheus.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse
 
 from . import gdalenv
 from .cgroup import current as current_cgroup
@@ -107,10 +118,83 @@ class WorkerMetrics:
         ).labels(**labels)
 
 
-def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> object:
-    from prometheus_client import start_http_server
+class ScrapeTracker:
+    """Counts the scrapes a metrics server has finished sending."""
 
-    return start_http_server(port, addr=addr, registry=registry)
+    def __init__(self) -> None:
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def served(self) -> None:
+        with self._cond:
+            self._count += 1
+            self._cond.notify_all()
+
+    @property
+    def count(self) -> int:
+        with self._cond:
+            return self._count
+
+    def wait_next(self, timeout: float) -> bool:
+        """Wait until one more scrape has been sent (at most ``timeout`` s); True if it was."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            seen = self._count
+            while self._count == seen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+
+class _Sent:
+    """A WSGI response body whose ``close()`` (called once the body is written) counts it."""
+
+    def __init__(self, body: Iterable[bytes], done: Callable[[], None]) -> None:
+        self._body = body
+        self._done = done
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        self._done()
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class MetricsServer:
+    """The registry served over HTTP on a daemon thread, counting finished scrapes."""
+
+    def __init__(self, registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:
+        self.scrapes = ScrapeTracker()
+        app = make_wsgi_app(registry)
+
+        def counted(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            return _Sent(app(environ, start_response), self.scrapes.served)
+
+        self._server = make_server(
+            addr, port, counted, server_class=_ThreadingServer, handler_class=_Quiet
+        )
+        self.port = int(self._server.server_port)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> MetricsServer:
+    return MetricsServer(registry, port, addr)
 
 
 def push(registry: CollectorRegistry, url: str, job: str, tile: str) -> None:

@@ -52,6 +52,14 @@ def _workers(value: str) -> str:
     help="Workers serve Prometheus metrics on BASE, BASE+1, ... (one port per "
     "worker slot) while they run.",
 )
+@click.option(
+    "--metrics-linger",
+    type=click.FloatRange(0.0, 600.0),
+    default=0.0,
+    show_default=True,
+    help="With --metrics-port-base: a finished worker keeps serving until scraped once more, "
+    "at most this many seconds (set it to the scrape interval).",
+)
 @one_line_errors
 def run(
     job_file: Path,
@@ -62,6 +70,7 @@ def run(
     report_dir: Path | None,
     no_cgroups: bool,
     metrics_port_base: int | None,
+    metrics_linger: float,
 ) -> None:
     """Plan JOB_FILE and run every tile locally as memory-capped worker processes."""
     from .. import gdalenv, logs
@@ -96,6 +105,7 @@ def run(
         fail_fast=fail_fast,
         use_cgroups=not no_cgroups,
         metrics_port_base=metrics_port_base,
+        metrics_linger=metrics_linger,
     )
     ui = make_progress(job.name, len(plan.tiles))
     executor = LocalExecutor(job, plan, options, on_update=ui.update, on_event=ui.event)

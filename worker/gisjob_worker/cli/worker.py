@@ -68,6 +68,15 @@ def _finish(record: ResultRecord, path: str | None) -> None:
     envvar="GISJOB_METRICS_PORT",
     help="Serve Prometheus metrics on this port while running.",
 )
+@click.option(
+    "--metrics-linger",
+    type=click.FloatRange(0.0, 600.0),
+    default=0.0,
+    envvar="GISJOB_METRICS_LINGER",
+    show_default=True,
+    help="After the tile, keep serving metrics until scraped once more, at most this many "
+    "seconds (so the final peak reaches Prometheus).",
+)
 @click.option("--pushgateway", envvar="GISJOB_PUSHGATEWAY", help="Push metrics here at exit.")
 @click.option(
     "--memory",
@@ -89,6 +98,7 @@ def worker(
     tile: str,
     result_path: str | None,
     metrics_port: int | None,
+    metrics_linger: float,
     pushgateway: str | None,
     memory_text: str | None,
     chunk_scale: float,
@@ -127,20 +137,23 @@ def worker(
         gdalenv.import_pyogrio()  # this process reads Arrow only: skip geopandas/pandas
     from prometheus_client import CollectorRegistry
 
-    from ..metrics import WorkerMetrics, push, serve
+    from ..metrics import MetricsServer, WorkerMetrics, push, serve
     from ..worker import WorkerOptions, run_tile
 
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry, job.name, tile)
+    server: MetricsServer | None = None
     if metrics_port is not None:
         try:
-            serve(registry, metrics_port)
+            server = serve(registry, metrics_port)
         except OSError as exc:  # metrics must never fail a tile
             click.echo(f"gisjob: warning: metrics port {metrics_port}: {exc}", err=True)
     record = run_tile(
         job, WorkerOptions(tile=tile, memory=budget, chunk_scale=chunk_scale, metrics=metrics)
     )
     _finish(record, path)
+    if server is not None and metrics_linger > 0:
+        server.scrapes.wait_next(metrics_linger)
     if pushgateway:
         try:
             push(registry, pushgateway, job.name, tile)
