@@ -494,12 +494,15 @@ def manifest_entries(
     by_tile: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_tile.setdefault(r["tile"], []).append(r)
+    # ids with a descendant in the journal: every prefix of a recorded id that ends before a
+    # "-" (one set, so finalize stays linear in the tiles instead of scanning per tile)
+    ancestors = {k[:i] for k in by_tile for i, ch in enumerate(k) if ch == "-"}
     entries: list[tuple[Tile, TileEntry]] = []
 
     def visit(tile: Tile, parent: str | None, resolved: str) -> None:
         recs = by_tile.get(tile.id, [])
         last = recs[-1] if recs else {}
-        kids = tree.children(tile) if any(k.startswith(f"{tile.id}-") for k in by_tile) else []
+        kids = tree.children(tile) if tile.id in ancestors else []
         if kids and (not recs or last.get("exitCode") != 0):
             outcome = "split"
         elif last.get("exitCode") == 0 and last.get("output"):
