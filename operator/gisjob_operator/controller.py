@@ -27,6 +27,7 @@ from gisjob_worker.spec import GisJob, parse_job
 from .kube import Kube
 from .metrics import OperatorMetrics
 from .pods import PodLaunch, build_worker_pod, pod_name
+from .ranges import compress
 from .reconcile import Actions, PodView, Progress, TileTree, now_iso, pod_view, reconcile
 from .settings import OperatorSettings
 from .status import TERMINAL, plan_status, progress_status, set_condition
@@ -390,7 +391,7 @@ class JobController:
             conditions, "Running", "False", "Finished", "", now, self.generation
         )
         if failed:
-            ranges = st["failedTiles"]
+            ranges = compress(actions.progress.failed)  # readable even when status has a bitmap
             shown = ranges if len(ranges) <= 200 else ranges[:200].rsplit(",", 1)[0] + ",..."
             message = f"{failed} of {st['tiles']['total']} tiles failed: {shown}"
             conditions = set_condition(

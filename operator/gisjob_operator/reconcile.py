@@ -33,7 +33,7 @@ from .pods import (
     LABEL_TILE,
     PodLaunch,
 )
-from .ranges import expand
+from .ranges import decode
 
 FINISHED = ("Succeeded", "Failed")
 
@@ -174,8 +174,8 @@ class Progress:
         sub = s.get("subtiles") or {}
         retries = s.get("retries") or {}
         return cls(
-            completed=expand(s.get("completedTiles") or ""),
-            failed=expand(s.get("failedTiles") or ""),
+            completed=decode(s.get("completedTiles") or ""),
+            failed=decode(s.get("failedTiles") or ""),
             sub_done=set(sub.get("succeeded") or []),
             sub_failed=set(sub.get("failed") or []),
             split=set(sub.get("split") or []),

@@ -7,7 +7,7 @@ from typing import Any
 from gisjob_worker.planner import Plan
 from gisjob_worker.quantity import round_up_mib, to_quantity
 
-from .ranges import compress
+from .ranges import encode
 from .reconcile import Actions, Progress
 
 TERMINAL = ("Succeeded", "Failed")
@@ -66,8 +66,8 @@ def progress_status(plan: Plan, p: Progress, actions: Actions | None) -> dict[st
             "failed": failed,
         },
         "progress": f"{succeeded}/{total}",
-        "completedTiles": compress(p.completed),
-        "failedTiles": compress(p.failed),
+        "completedTiles": encode(p.completed),
+        "failedTiles": encode(p.failed),
         "retries": {"memory": p.memory_retries, "other": p.other_retries},
         "memory": {
             "peakObservedBytes": p.peak_observed,

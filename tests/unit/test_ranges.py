@@ -12,7 +12,16 @@ import random
 
 import pytest
 
-from gisjob_operator.ranges import compress, expand
+from gisjob_operator.ranges import (
+    BITMAP_PREFIX,
+    RANGES_LIMIT,
+    compress,
+    decode,
+    encode,
+    expand,
+    from_bitmap,
+    to_bitmap,
+)
 
 # ----------------------------------------------------------------------------- compress
 
@@ -148,3 +157,49 @@ def test_round_trip_alternating_worst_case() -> None:
     text = compress(items)
     assert text.count(",") == len(items) - 1
     assert expand(text) == items
+
+
+# ------------------------------------------------------------------- encode / decode (status)
+
+
+def test_encode_keeps_readable_ranges_while_short() -> None:
+    assert encode(range(100_000)) == "0-99999"
+    assert encode([*range(100), 102, *range(105, 134)]) == "0-99,102,105-133"
+    assert encode([]) == ""
+    text = encode(range(0, 2 * 700, 2))  # 700 singletons, ~3.4 KB of text: under the limit
+    assert not text.startswith(BITMAP_PREFIX)
+    assert len(text) <= RANGES_LIMIT
+
+
+def test_encode_switches_to_a_bitmap_when_ranges_grow_long() -> None:
+    items = set(range(1, 100_000, 2))
+    text = encode(items)
+    assert text.startswith(BITMAP_PREFIX)
+    assert len(text) < len(compress(items)) // 20
+    assert decode(text) == items
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_encode_decode_round_trip(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.choice([10, 1_000, 50_000])
+    density = rng.choice([0.01, 0.3, 0.5, 0.99])
+    items = {i for i in range(n) if rng.random() < density}
+    assert decode(encode(items)) == items
+    assert from_bitmap(to_bitmap(items)) == items
+
+
+def test_bitmap_of_nothing_and_of_large_indexes() -> None:
+    assert from_bitmap(to_bitmap([])) == set()
+    assert from_bitmap(to_bitmap([0, 7, 8, 1_000_003])) == {0, 7, 8, 1_000_003}
+
+
+@pytest.mark.parametrize("text", ["z:", "z:!!!!", "z:aGVsbG8=", "y:eJwDAAAAAAE="])
+def test_malformed_bitmaps_raise(text: str) -> None:
+    with pytest.raises(ValueError):
+        from_bitmap(text)
+
+
+def test_negative_indexes_have_no_bitmap() -> None:
+    with pytest.raises(ValueError):
+        to_bitmap([-1, 2])
