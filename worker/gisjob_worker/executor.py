@@ -1,8 +1,9 @@
 """The local executor: run a plan's tiles as memory-capped worker subprocesses.
 
 Tiles are packed by memory: the sum of the requests of running workers stays within the
-allowance, and their count within the worker limit. Each worker runs in a fresh interpreter
-(memory really returns to the OS), in its own memory cgroup where the machine allows one,
+allowance, and their count within the worker limit. Each worker is a process of its own
+(memory really returns to the OS), forked from the run's :mod:`forkserver` (imports paid
+once) or started as a fresh interpreter, in its own memory cgroup where the machine allows one,
 otherwise under its own soft ceiling plus an ``RLIMIT_DATA`` backstop. Outcomes go through
 the shared :mod:`policy`; finished tiles are journaled so a killed runner resumes.
 """
@@ -27,6 +28,7 @@ from . import finalize, outputs, policy
 from .cgroup import ChildCgroup, create_child
 from .errors import InputError
 from .finalize import TileEntry
+from .forkserver import ForkedWorker, ForkServer
 from .planner import Plan, Tile, split_tile
 from .quantity import format_bytes
 from .spec import GisJob
@@ -38,6 +40,7 @@ SAMPLE_SECONDS = 0.25
 BACKSTOP_FACTOR = 2.0
 BACKSTOP_EXTRA = 1024**3
 PR_SET_PDEATHSIG = 1
+DEFAULT_WORKER_COMMAND = (sys.executable, "-m", "gisjob_worker")
 
 TileState = Literal["pending", "running", "succeeded", "failed", "split"]
 
@@ -54,7 +57,10 @@ class RunOptions:
     poll_seconds: float = 0.02
     metrics_port_base: int | None = None  # worker in slot k serves metrics on base + k
     metrics_linger: float = 0.0  # a worker waits (at most) this long for its final scrape
-    worker_command: tuple[str, ...] = (sys.executable, "-m", "gisjob_worker")
+    worker_command: tuple[str, ...] = DEFAULT_WORKER_COMMAND
+    # fork workers from a server that imported their stack once (:mod:`forkserver`);
+    # only with the default worker command
+    fork_server: bool = True
 
 
 @dataclass
@@ -72,7 +78,7 @@ class TileRun:
 class Running:
     run: TileRun
     launch: policy.Launch
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | ForkedWorker
     cgroup: ChildCgroup | None
     result_path: Path
     started: float
@@ -164,6 +170,7 @@ class LocalExecutor:
         self.runs: dict[str, TileRun] = {}
         self.queue: deque[tuple[float, policy.Launch]] = deque()
         self.running: dict[int, Running] = {}
+        self._server: ForkServer | None = None
         self.samples: list[Sample] = []
         self.retries = 0
         self.oom = 0
@@ -257,6 +264,9 @@ class LocalExecutor:
         finally:
             signal.signal(signal.SIGINT, previous_handler)
             self._terminate_all()
+            if self._server is not None:
+                self._server.close()
+                self._server = None
             self._journal.close()
             for sub in (outputs.TILES_DIR, outputs.PARTS_DIR):
                 for stale in outputs.stale_temporaries(self.out_dir / sub):
@@ -363,16 +373,26 @@ class LocalExecutor:
             if self.opts.metrics_linger > 0:
                 cmd += ["--metrics-linger", repr(self.opts.metrics_linger)]
         log = open(self.state_dir / "logs" / f"{tag}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            # the runner has no threads, so preexec_fn is safe here; it is the only way to
-            # join the cgroup and set PDEATHSIG before the worker runs any code of its own
-            preexec_fn=_preexec(cg, backstop),  # noqa: PLW1509
-            start_new_session=True,
-        )
+        proc: subprocess.Popen[bytes] | ForkedWorker
+        server = self._fork_server()
+        if server is not None:
+            proc = server.spawn(
+                cmd[len(self.opts.worker_command) :],
+                self.state_dir / "logs" / f"{tag}.log",
+                cg.path / "cgroup.procs" if cg is not None else None,
+                backstop,
+            )
+        else:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                # the runner has no threads, so preexec_fn is safe here; it is the only way
+                # to join the cgroup and set PDEATHSIG before the worker runs any own code
+                preexec_fn=_preexec(cg, backstop),  # noqa: PLW1509
+                start_new_session=True,
+            )
         self.running[proc.pid] = Running(
             run, launch, proc, cg, result_path, time.monotonic(), log, slot
         )
@@ -387,6 +407,16 @@ class LocalExecutor:
                 "cgroup": cg is not None,
             },
         )
+
+    def _fork_server(self) -> ForkServer | None:
+        """The run's fork server, started at the first launch (None: spawn workers)."""
+        if not self.opts.fork_server or self.opts.worker_command != DEFAULT_WORKER_COMMAND:
+            return None
+        if self._server is None:
+            self._server = ForkServer(
+                self.opts.job_file, self.state_dir / "logs" / "forkserver.log"
+            )
+        return self._server
 
     def _reap(self) -> None:
         for pid, r in list(self.running.items()):

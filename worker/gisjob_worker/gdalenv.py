@@ -34,13 +34,20 @@ def gdal_environment(cache_bytes: int, num_threads: int) -> dict[str, str]:
 
 
 def configure(cache_bytes: int, num_threads: int) -> None:
-    """Export the GDAL settings; must run before rasterio/pyogrio are imported."""
+    """Export the GDAL settings; must run before rasterio/pyogrio are imported.
+
+    Once GDAL is loaded, settings already in the environment are accepted as they are (a
+    worker forked from the fork server, which exported the same job's settings before it
+    imported rasterio/pyogrio)."""
+    wanted = gdal_environment(cache_bytes, num_threads)
     loaded = [m for m in ("rasterio", "pyogrio") if m in sys.modules]
     if loaded:
+        if all(os.environ.get(k) == v for k, v in wanted.items()):
+            return
         raise RuntimeError(
             f"GDAL configured after {', '.join(loaded)} was imported: settings would not apply"
         )
-    os.environ.update(gdal_environment(cache_bytes, num_threads))
+    os.environ.update(wanted)
 
 
 # pyogrio probes these at import (pyogrio._compat: ``try: import geopandas``, ``import

@@ -1,0 +1,172 @@
+"""The fork server of ``gisjob run``: workers forked from one warmed-up process are real,
+separate worker processes — same outputs as spawned workers, own cgroup, own exit code,
+killable — and nothing outlives the server or the runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from worker_helpers import budget_mib, job_doc, make_raster, run_cli, write_job
+
+from gisjob_worker.cgroup import create_child
+from gisjob_worker.forkserver import ForkServer, ForkServerError
+
+MIB = 1024**2
+
+
+def _job(tmp_path: Path, width: int = 2048, tile: int = 1024, name: str = "fs") -> Path:
+    src = tmp_path / "in.tif"
+    if not src.exists():
+        make_raster(src, width, width, count=4, block=256)
+    return write_job(
+        tmp_path / f"{name}.yaml",
+        job_doc(
+            name,
+            {"uri": str(src)},
+            {"name": "ndvi", "params": {"nir": 4, "red": 3}},
+            {"uri": str(tmp_path / f"out-{name}"), "format": "GTiff"},
+            tiling={"tileSize": tile},
+            resources={"memory": budget_mib("raster", 8, 48), "gdalCacheMax": "8Mi"},
+        ),
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _tiles(out: Path) -> dict[str, np.ndarray]:
+    import rasterio
+
+    arrays = {}
+    for p in sorted((out / "tiles").glob("*.tif")):
+        with rasterio.open(p) as ds:
+            arrays[p.name] = ds.read()
+    return arrays
+
+
+def test_forked_and_spawned_workers_write_identical_tiles(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    forked = run_cli("run", str(job), "--workers", "2", "--report", str(tmp_path / "r1"))
+    assert forked.code == 0, forked.stderr[-2000:]
+    first = _tiles(tmp_path / "out-fs")
+    assert len(first) == 4
+    assert (tmp_path / "out-fs" / ".gisjob" / "logs" / "forkserver.log").exists()
+    spawned = run_cli(
+        "run", str(job), "--workers", "2", "--no-resume", "--no-fork-server",
+        "--report", str(tmp_path / "r2"),
+    )  # fmt: skip
+    assert spawned.code == 0, spawned.stderr[-2000:]
+    second = _tiles(tmp_path / "out-fs")
+    assert first.keys() == second.keys()
+    for name, arr in first.items():
+        np.testing.assert_array_equal(arr, second[name], err_msg=name)
+    for rep in ("r1", "r2"):
+        summary = json.loads((tmp_path / rep / "summary.json").read_text())
+        assert summary["succeeded"] == 4, summary
+
+
+def test_a_forked_worker_runs_a_tile_and_reports_its_exit(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    server = ForkServer(job, tmp_path / "server.log")
+    try:
+        result = tmp_path / "result.json"
+        w = server.spawn(
+            ["worker", "--job", str(job), "--tile", "r0000c0001", "--result", str(result)],
+            tmp_path / "w.log",
+        )
+        assert w.wait(120) == 0, (tmp_path / "w.log").read_text()[-2000:]
+        record = json.loads(result.read_text())
+        assert record["outcome"] == "succeeded" and record["tile"] == "r0000c0001"
+        assert Path(record["output"]).exists()
+        assert '"tile.end"' in (tmp_path / "w.log").read_text()  # its stderr went to its log
+        # a bad tile id: the worker's own one-line error and exit code 2, the server lives on
+        bad = server.spawn(["worker", "--job", str(job), "--tile", "nope"], tmp_path / "b.log")
+        assert bad.wait(60) == 2
+        assert "nope" in (tmp_path / "b.log").read_text()
+        assert server.proc.poll() is None
+    finally:
+        server.close()
+    assert server.proc.returncode is not None
+
+
+def test_a_forked_worker_can_be_killed_and_dies_with_the_server(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    server = ForkServer(job, tmp_path / "server.log")
+    # a worker that stays alive: after its tile it waits up to 120 s for a metrics scrape
+    argv = ["worker", "--job", str(job), "--tile", "r0000c0000", "--metrics-linger", "120"]
+    try:
+        w = server.spawn([*argv, "--metrics-port", str(_free_port())], tmp_path / "w1.log")
+        time.sleep(0.3)
+        assert w.poll() is None
+        w.kill()
+        assert w.wait(30) == -signal.SIGKILL
+        orphan = server.spawn([*argv, "--metrics-port", str(_free_port())], tmp_path / "w2.log")
+        time.sleep(3.0)
+        assert orphan.poll() is None and _alive(orphan.pid)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        assert _wait_gone(orphan.pid, 5.0), "a worker outlived its fork server (PDEATHSIG)"
+        with pytest.raises(ForkServerError, match="fork server exited"):
+            for _ in range(100):
+                server.pump(0.1)
+    finally:
+        server.close()
+
+
+@pytest.mark.cgroup
+def test_a_forked_worker_joins_its_cgroup_before_it_runs(tmp_path: Path) -> None:
+    """--memory says 1Gi, the worker's cgroup allows 48Mi: the forked worker's guard reads
+    the cgroup it joined and exits 3 (as a spawned worker does)."""
+    job = _job(tmp_path)
+    cg = create_child(f"gisjob-test-fork-{os.getpid()}", 48 * MIB)
+    if cg is None:
+        pytest.skip("no writable cgroup memory controller (v1 or v2) on this machine")
+    server = ForkServer(job, tmp_path / "server.log")
+    try:
+        result = tmp_path / "result.json"
+        w = server.spawn(
+            ["worker", "--job", str(job), "--tile", "r0000c0000", "--memory", "1Gi",
+             "--result", str(result)],
+            tmp_path / "w.log",
+            cgroup_procs=cg.path / "cgroup.procs",
+        )  # fmt: skip
+        assert w.wait(60) == 3, (tmp_path / "w.log").read_text()[-2000:]
+        record = json.loads(result.read_text())
+        assert record["outcome"] == "memory"
+        assert record["memoryBudgetBytes"] == 48 * MIB
+    finally:
+        server.close()
+        cg.remove()
+
+
+def test_a_server_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ForkServerError, match=r"fork server exited .*server\.log"):
+        ForkServer(missing, tmp_path / "server.log")
+    assert "missing.yaml" in (tmp_path / "server.log").read_text()
