@@ -54,6 +54,7 @@ RUN_TIMEOUT = 1800.0
 DEMO_VERSION = 1
 DEMO_JOBS = ("scale", "ndvi", "expression", "filter")
 SPEEDUP_TARGET = 1.7
+RUN_EXTRA: list[str] = []  # extra ``gisjob run`` arguments (--no-fork-server)
 TINY_BLOCK = 64
 TINY_COLS = 32  # tiles per row of the tiny raster (2048 px)
 CALIBRATION_TILES = 64
@@ -231,7 +232,7 @@ def run_job(
     if report is not None:
         _remove(report)
     os.sync()  # flush the previous run's dirty pages outside this run's timing
-    argv = [*_gisjob(), "run", str(job), "--no-resume", "--workers", str(workers)]
+    argv = [*_gisjob(), "run", str(job), "--no-resume", "--workers", str(workers), *RUN_EXTRA]
     if report is not None:
         argv += ["--report", str(report)]
     busy0 = cpu_busy_seconds()
@@ -845,6 +846,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=["speedup", "overhead", "memory"],
         help="sections: speedup,overhead,memory (default all)",
     )
+    p.add_argument(
+        "--no-fork-server",
+        action="store_true",
+        help="run gisjob with --no-fork-server (a fresh interpreter per tile), to compare",
+    )
     p.add_argument("--json", dest="json_path", type=Path, help="save all numbers here")
     args = p.parse_args(argv)
     if args.repeat < 1 or args.workers < 2 or args.tiny_tiles < 1:
@@ -857,9 +863,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
+    if args.no_fork_server:
+        RUN_EXTRA.append("--no-fork-server")
     started = time.perf_counter()
     env = environment()
     env["affinityCpus"] = len(os.sched_getaffinity(0))
+    env["runArgs"] = RUN_EXTRA
     print("environment: " + json.dumps(env))
     warm_bytecode()
     report: dict[str, Any] = {"environment": env, "targets": []}
