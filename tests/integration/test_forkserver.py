@@ -77,7 +77,6 @@ def test_forked_and_spawned_workers_write_identical_tiles(tmp_path: Path) -> Non
     assert forked.code == 0, forked.stderr[-2000:]
     first = _tiles(tmp_path / "out-fs")
     assert len(first) == 4
-    assert (tmp_path / "out-fs" / ".gisjob" / "logs" / "forkserver.log").exists()
     spawned = run_cli(
         "run", str(job), "--workers", "2", "--no-resume", "--no-fork-server",
         "--report", str(tmp_path / "r2"),
@@ -170,3 +169,15 @@ def test_a_server_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ForkServerError, match=r"fork server exited .*server\.log"):
         ForkServer(missing, tmp_path / "server.log")
     assert "missing.yaml" in (tmp_path / "server.log").read_text()
+    # without a log path: a temporary log, kept (and named) when the server failed...
+    with pytest.raises(ForkServerError, match=r"its log: (\S+)") as info:
+        ForkServer(missing)
+    kept = Path(info.value.args[0].rsplit("its log: ", 1)[1])
+    assert "missing.yaml" in kept.read_text()
+    kept.unlink()
+    # ...and removed after a clean run
+    server = ForkServer(_job(tmp_path))
+    log = Path(server._log.name)
+    assert log.exists()
+    server.close()
+    assert not log.exists()

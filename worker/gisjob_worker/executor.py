@@ -156,7 +156,9 @@ class LocalExecutor:
         options: RunOptions,
         on_update: Callable[[Snapshot], None] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        fork_server: ForkServer | None = None,
     ) -> None:
+        """``fork_server``: one already started for this job (the executor owns it then)."""
         self.job = job
         self.plan = plan
         self.opts = options
@@ -170,7 +172,7 @@ class LocalExecutor:
         self.runs: dict[str, TileRun] = {}
         self.queue: deque[tuple[float, policy.Launch]] = deque()
         self.running: dict[int, Running] = {}
-        self._server: ForkServer | None = None
+        self._server: ForkServer | None = fork_server
         self.samples: list[Sample] = []
         self.retries = 0
         self.oom = 0
@@ -413,9 +415,7 @@ class LocalExecutor:
         if not self.opts.fork_server or self.opts.worker_command != DEFAULT_WORKER_COMMAND:
             return None
         if self._server is None:
-            self._server = ForkServer(
-                self.opts.job_file, self.state_dir / "logs" / "forkserver.log"
-            )
+            self._server = ForkServer(self.opts.job_file)
         return self._server
 
     def _reap(self) -> None:

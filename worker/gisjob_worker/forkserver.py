@@ -25,6 +25,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -232,7 +233,23 @@ class ForkedWorker:
 class ForkServer:
     """Client side: start the server for a job, fork workers through it."""
 
-    def __init__(self, job_file: Path, log_path: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        job_file: Path,
+        log_path: Path | None = None,
+        python: str = sys.executable,
+        wait: bool = True,
+    ) -> None:
+        """Start the server; with ``wait=False`` return at once (it warms up meanwhile and
+        the first :meth:`spawn` waits for it). Without ``log_path`` its stderr goes to a
+        temporary file that is removed at :meth:`close` unless the server failed (the
+        error names it)."""
+        self._temp_log = log_path is None
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="gisjob-forkserver-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self._failed = False
         self._log = open(log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [python, "-m", "gisjob_worker.forkserver", str(job_file)],
@@ -251,11 +268,17 @@ class ForkServer:
         self._replies: dict[int, int] = {}
         self._early: dict[int, int] = {}  # exits reported before their spawn reply was read
         self._ready = False
-        deadline = time.monotonic() + START_TIMEOUT
+        self._closed = False
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
         while not self._ready:
             if time.monotonic() > deadline:
+                self._failed = True
                 self.close()
-                raise ForkServerError(f"the fork server did not start ({log_path})")
+                raise ForkServerError(f"the fork server did not start ({self._log.name})")
             self.pump(0.05)
 
     def _lines(self, timeout: float) -> list[dict[str, Any]]:
@@ -271,6 +294,7 @@ class ForkServer:
         except BlockingIOError:
             return []
         if not chunk:
+            self._failed = True
             code = self.proc.wait()
             raise ForkServerError(
                 f"the fork server exited (code {code}); its log: {self._log.name}"
@@ -306,6 +330,7 @@ class ForkServer:
     ) -> ForkedWorker:
         """Fork a worker running ``gisjob ARGV`` (stderr to ``stderr_path``)."""
         assert self.proc.stdin is not None
+        self.wait_ready()
         self._next += 1
         request = {
             "id": self._next,
@@ -318,6 +343,7 @@ class ForkServer:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
         except BrokenPipeError:
+            self._failed = True
             raise ForkServerError(f"the fork server exited; its log: {self._log.name}") from None
         while self._next not in self._replies:
             self.pump(1.0)
@@ -330,7 +356,10 @@ class ForkServer:
         return worker
 
     def close(self) -> None:
-        """Stop the server (its remaining children die with it)."""
+        """Stop the server (its remaining children die with it); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         if self.proc.stdin is not None:
             try:
                 self.proc.stdin.close()
@@ -344,6 +373,8 @@ class ForkServer:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log.close()
+        if self._temp_log and not self._failed and self.proc.returncode == 0:
+            Path(self._log.name).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -99,28 +99,38 @@ def run(
     res = job.spec.resources
     gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
     from ..executor import LocalExecutor, RunOptions
-    from ..planner import build_plan
-    from ..progress import make_progress, print_summary, summarize
+    from ..forkserver import ForkServer
 
-    plan = build_plan(job)
-    n = default_workers(job.spec.parallelism) if workers == "auto" else int(workers)
-    options = RunOptions(
-        job_file=job_file.resolve(),
-        workers=n,
-        allowance=allowance,
-        resume=resume,
-        fail_fast=fail_fast,
-        use_cgroups=not no_cgroups,
-        fork_server=not no_fork_server,
-        metrics_port_base=metrics_port_base,
-        metrics_linger=metrics_linger,
-    )
-    ui = make_progress(job.name, len(plan.tiles))
-    executor = LocalExecutor(job, plan, options, on_update=ui.update, on_event=ui.event)
+    # started now, the server imports the worker stack while this process imports and plans
+    server = None if no_fork_server else ForkServer(job_file.resolve(), wait=False)
     try:
-        result = executor.run()
+        from ..planner import build_plan
+        from ..progress import make_progress, print_summary, summarize
+
+        plan = build_plan(job)
+        n = default_workers(job.spec.parallelism) if workers == "auto" else int(workers)
+        options = RunOptions(
+            job_file=job_file.resolve(),
+            workers=n,
+            allowance=allowance,
+            resume=resume,
+            fail_fast=fail_fast,
+            use_cgroups=not no_cgroups,
+            fork_server=not no_fork_server,
+            metrics_port_base=metrics_port_base,
+            metrics_linger=metrics_linger,
+        )
+        ui = make_progress(job.name, len(plan.tiles))
+        executor = LocalExecutor(
+            job, plan, options, on_update=ui.update, on_event=ui.event, fork_server=server
+        )
+        try:
+            result = executor.run()
+        finally:
+            ui.close()
     finally:
-        ui.close()
+        if server is not None:
+            server.close()  # normally closed by the run already
     summary = summarize(result)
     print_summary(summary)
     if report_dir is not None:
