@@ -242,8 +242,8 @@ class ForkServer:
     ) -> None:
         """Start the server; with ``wait=False`` return at once (it warms up meanwhile and
         the first :meth:`spawn` waits for it). Without ``log_path`` its stderr goes to a
-        temporary file that is removed at :meth:`close` unless the server failed (the
-        error names it)."""
+        temporary file that is removed at :meth:`close` unless a :class:`ForkServerError`
+        was raised (which names it)."""
         self._temp_log = log_path is None
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="gisjob-forkserver-", suffix=".log")
@@ -373,7 +373,7 @@ class ForkServer:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log.close()
-        if self._temp_log and not self._failed and self.proc.returncode == 0:
+        if self._temp_log and not self._failed:
             Path(self._log.name).unlink(missing_ok=True)
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, InputError
 from .errors import one_line_errors
+
+if TYPE_CHECKING:
+    from ..forkserver import ForkServer
 
 
 def _workers(value: str) -> str:
@@ -80,6 +84,43 @@ def run(
     metrics_linger: float,
 ) -> None:
     """Plan JOB_FILE and run every tile locally as memory-capped worker processes."""
+    from ..forkserver import ForkServer  # light: no GDAL, no NumPy
+
+    # started first, the server imports the worker stack while this process imports, checks
+    # the job and plans (on an invalid job it fails too, quietly, and is closed below)
+    server = None if no_fork_server else ForkServer(job_file.resolve(), wait=False)
+    try:
+        _run(
+            job_file,
+            workers,
+            memory_text,
+            resume,
+            fail_fast,
+            report_dir,
+            no_cgroups,
+            no_fork_server,
+            metrics_port_base,
+            metrics_linger,
+            server,
+        )
+    finally:
+        if server is not None:
+            server.close()  # normally closed by the run already
+
+
+def _run(
+    job_file: Path,
+    workers: str,
+    memory_text: str | None,
+    resume: bool,
+    fail_fast: bool,
+    report_dir: Path | None,
+    no_cgroups: bool,
+    no_fork_server: bool,
+    metrics_port_base: int | None,
+    metrics_linger: float,
+    server: ForkServer | None,
+) -> None:
     from .. import gdalenv, logs
     from ..allowance import default_allowance, default_workers
     from ..quantity import parse_quantity
@@ -99,38 +140,30 @@ def run(
     res = job.spec.resources
     gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
     from ..executor import LocalExecutor, RunOptions
-    from ..forkserver import ForkServer
+    from ..planner import build_plan
+    from ..progress import make_progress, print_summary, summarize
 
-    # started now, the server imports the worker stack while this process imports and plans
-    server = None if no_fork_server else ForkServer(job_file.resolve(), wait=False)
+    plan = build_plan(job)
+    n = default_workers(job.spec.parallelism) if workers == "auto" else int(workers)
+    options = RunOptions(
+        job_file=job_file.resolve(),
+        workers=n,
+        allowance=allowance,
+        resume=resume,
+        fail_fast=fail_fast,
+        use_cgroups=not no_cgroups,
+        fork_server=not no_fork_server,
+        metrics_port_base=metrics_port_base,
+        metrics_linger=metrics_linger,
+    )
+    ui = make_progress(job.name, len(plan.tiles))
+    executor = LocalExecutor(
+        job, plan, options, on_update=ui.update, on_event=ui.event, fork_server=server
+    )
     try:
-        from ..planner import build_plan
-        from ..progress import make_progress, print_summary, summarize
-
-        plan = build_plan(job)
-        n = default_workers(job.spec.parallelism) if workers == "auto" else int(workers)
-        options = RunOptions(
-            job_file=job_file.resolve(),
-            workers=n,
-            allowance=allowance,
-            resume=resume,
-            fail_fast=fail_fast,
-            use_cgroups=not no_cgroups,
-            fork_server=not no_fork_server,
-            metrics_port_base=metrics_port_base,
-            metrics_linger=metrics_linger,
-        )
-        ui = make_progress(job.name, len(plan.tiles))
-        executor = LocalExecutor(
-            job, plan, options, on_update=ui.update, on_event=ui.event, fork_server=server
-        )
-        try:
-            result = executor.run()
-        finally:
-            ui.close()
+        result = executor.run()
     finally:
-        if server is not None:
-            server.close()  # normally closed by the run already
+        ui.close()
     summary = summarize(result)
     print_summary(summary)
     if report_dir is not None:
