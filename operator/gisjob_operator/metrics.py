@@ -73,8 +73,12 @@ class OperatorMetrics:
     TILE_PHASES = ("pending", "running", "succeeded", "failed")
 
     def set_phase(self, namespace: str, job: str, phase: str) -> None:
+        """Every tick of a job. Also creates the job's counters at 0: a series that first
+        appears at 1 shows no increase() (alerts on the first OOM would never fire)."""
         for p in self.PHASES:
             self.jobs.labels(namespace, job, p).set(1.0 if p == phase else 0.0)
+        self.oom.labels(namespace, job)
+        self.retries.labels(namespace, job)
 
     def forget_job(self, namespace: str, job: str) -> None:
         for p in self.PHASES:

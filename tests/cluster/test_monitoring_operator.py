@@ -221,11 +221,6 @@ def _alert_states(prom: Prometheus, name: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="seen failing in fresh-clone runs under load: Prometheus had no operator 403s "
-    "within 45 s although the operator logged them; under investigation",
-)
 def test_every_operator_panel_has_data_and_alerts_fire(
     cluster: ClusterHandle,
     dev_cluster: Any,
@@ -302,7 +297,9 @@ def test_every_operator_panel_has_data_and_alerts_fire(
         finished_at = time.monotonic() - t_begin
         assert status["phase"] == "Succeeded", status
         assert status["tiles"]["succeeded"] == 2, status
-        assert status["retries"]["memory"] == 2, status
+        # one or two grows, depending on this environment's import baseline (the tile's
+        # request is sized from it, the heavy batches are not)
+        assert status["retries"]["memory"] in (1, 2), status
         assert failing["phase"] == "Failed", failing
         assert failing["tiles"]["succeeded"] == 1 and failing["tiles"]["failed"] == 1, failing
 
