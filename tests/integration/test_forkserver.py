@@ -8,12 +8,13 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from worker_helpers import budget_mib, job_doc, make_raster, run_cli, write_job
+from worker_helpers import GISJOB, budget_mib, job_doc, make_raster, run_cli, write_job
 
 from gisjob_worker.cgroup import create_child
 from gisjob_worker.forkserver import ForkServer, ForkServerError
@@ -181,3 +182,63 @@ def test_a_server_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
     assert log.exists()
     server.close()
     assert not log.exists()
+
+
+def test_a_run_whose_fork_server_dies_falls_back_to_spawning_and_completes(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the fork server mid-run: the runner says so, the workers it had forked are
+    retried as failed attempts, the rest run as fresh interpreters, the job succeeds with
+    the same tiles as a clean run."""
+    job = _job(tmp_path, width=4096, tile=512, name="lost")  # 64 tiles
+    out = tmp_path / "out-lost"
+    proc = subprocess.Popen(
+        [GISJOB, "run", str(job), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        server = None
+        while server is None and time.monotonic() < deadline:
+            done = list((out / "tiles").glob("r*.tif")) if (out / "tiles").exists() else []
+            if len(done) >= 3:
+                server = _server_of(proc.pid)
+            time.sleep(0.05)
+        assert server is not None, "no fork server under the runner"
+        os.kill(server, signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    events = [json.loads(ln) for ln in err.splitlines() if ln.startswith("{")]
+    lost = [e for e in events if e.get("event") == "forkserver-lost"]
+    assert len(lost) == 1 and "fork server exited" in lost[0]["error"], lost
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outcome"] == "succeeded"
+    assert len([t for t in manifest["tiles"] if t["outcome"] == "succeeded"]) == 64
+    lost_tiles = _tiles(out)
+    clean = run_cli("run", str(_job(tmp_path, 4096, 512, "clean")), "--no-fork-server")
+    assert clean.code == 0, clean.stderr[-2000:]
+    clean_tiles = _tiles(tmp_path / "out-clean")
+    assert lost_tiles.keys() == clean_tiles.keys() and len(clean_tiles) == 64
+    for name, arr in clean_tiles.items():
+        np.testing.assert_array_equal(lost_tiles[name], arr, err_msg=name)
+
+
+def _server_of(runner: int) -> int | None:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == runner and b"gisjob_worker.forkserver" in cmd:
+            return int(pid)
+    return None

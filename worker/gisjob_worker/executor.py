@@ -28,7 +28,7 @@ from . import finalize, outputs, policy
 from .cgroup import ChildCgroup, create_child
 from .errors import InputError
 from .finalize import TileEntry
-from .forkserver import ForkedWorker, ForkServer
+from .forkserver import ForkedWorker, ForkServer, ForkServerError
 from .planner import Plan, Tile, split_tile
 from .quantity import format_bytes
 from .spec import GisJob
@@ -173,6 +173,7 @@ class LocalExecutor:
         self.queue: deque[tuple[float, policy.Launch]] = deque()
         self.running: dict[int, Running] = {}
         self._server: ForkServer | None = fork_server
+        self._server_lost = False
         self.samples: list[Sample] = []
         self.retries = 0
         self.oom = 0
@@ -378,13 +379,17 @@ class LocalExecutor:
         proc: subprocess.Popen[bytes] | ForkedWorker
         server = self._fork_server()
         if server is not None:
-            proc = server.spawn(
-                cmd[len(self.opts.worker_command) :],
-                self.state_dir / "logs" / f"{tag}.log",
-                cg.path / "cgroup.procs" if cg is not None else None,
-                backstop,
-            )
-        else:
+            try:
+                proc = server.spawn(
+                    cmd[len(self.opts.worker_command) :],
+                    self.state_dir / "logs" / f"{tag}.log",
+                    cg.path / "cgroup.procs" if cg is not None else None,
+                    backstop,
+                )
+            except ForkServerError as exc:
+                self._lose_fork_server(str(exc))
+                server = None
+        if server is None:
             proc = subprocess.Popen(
                 cmd,
                 stdout=subprocess.DEVNULL,
@@ -412,11 +417,30 @@ class LocalExecutor:
 
     def _fork_server(self) -> ForkServer | None:
         """The run's fork server, started at the first launch (None: spawn workers)."""
+        if self._server_lost:
+            return None
         if not self.opts.fork_server or self.opts.worker_command != DEFAULT_WORKER_COMMAND:
             return None
         if self._server is None:
-            self._server = ForkServer(self.opts.job_file)
+            try:
+                self._server = ForkServer(self.opts.job_file)
+            except ForkServerError as exc:
+                self._lose_fork_server(str(exc))
+                return None
+        if self._server.lost is not None:
+            self._lose_fork_server(self._server.lost)
+            return None
         return self._server
+
+    def _lose_fork_server(self, reason: str) -> None:
+        """The fork server failed or died: say so, spawn fresh interpreters from now on.
+        Workers it had forked died with it; they come back through the policy as failed
+        attempts (exit 1) and are retried."""
+        self._server_lost = True
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.on_event("forkserver-lost", {"error": reason, "fallback": "spawn"})
 
     def _reap(self) -> None:
         for pid, r in list(self.running.items()):

@@ -36,6 +36,7 @@ from typing import IO, Any
 PR_SET_PDEATHSIG = 1
 READY = "ready"
 START_TIMEOUT = 120.0
+LOST_EXIT = 1  # the exit code reported for workers whose server died under them
 
 
 class ForkServerError(RuntimeError):
@@ -204,7 +205,10 @@ class ForkedWorker:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            self.server.pump()
+            try:
+                self.server.pump()
+            except ForkServerError:
+                pass  # the server is gone: it has set our returncode (LOST_EXIT)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -212,7 +216,7 @@ class ForkedWorker:
         while self.poll() is None:
             if deadline is not None and time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(["forked worker", str(self.pid)], timeout or 0)
-            self.server.pump(0.05)
+            time.sleep(0.02)
         assert self.returncode is not None
         return self.returncode
 
@@ -269,6 +273,7 @@ class ForkServer:
         self._early: dict[int, int] = {}  # exits reported before their spawn reply was read
         self._ready = False
         self._closed = False
+        self.lost: str | None = None  # why the server is gone, once it is
         if wait:
             self.wait_ready()
 
@@ -294,11 +299,15 @@ class ForkServer:
         except BlockingIOError:
             return []
         if not chunk:
-            self._failed = True
-            code = self.proc.wait()
-            raise ForkServerError(
-                f"the fork server exited (code {code}); its log: {self._log.name}"
-            )
+            if self.lost is None:
+                self._failed = True
+                code = self.proc.wait()
+                self.lost = f"the fork server exited (code {code}); its log: {self._log.name}"
+                # its children died with it (PDEATHSIG); their exit status died with it too
+                for worker in self._workers.values():
+                    worker.returncode = LOST_EXIT
+                self._workers.clear()
+            raise ForkServerError(self.lost)
         self._buf += chunk
         out = []
         while b"\n" in self._buf:
@@ -360,6 +369,9 @@ class ForkServer:
         if self._closed:
             return
         self._closed = True
+        for worker in self._workers.values():  # they die with the server
+            worker.returncode = LOST_EXIT
+        self._workers.clear()
         if self.proc.stdin is not None:
             try:
                 self.proc.stdin.close()

@@ -51,7 +51,7 @@ class TerminalProgress:
         self.progress.update(self.task, total=s.total, completed=s.done + s.failed, status=status)
 
     def event(self, name: str, data: dict[str, Any]) -> None:
-        if name in ("failed", "out-of-memory", "split"):
+        if name in ("failed", "out-of-memory", "split", "forkserver-lost"):
             self.progress.console.log(f"{name}: {data}")
 
     def close(self) -> None:
