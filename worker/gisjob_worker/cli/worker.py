@@ -161,4 +161,8 @@ def worker(
             click.echo(f"gisjob: warning: metrics push to {pushgateway} failed: {exc}", err=True)
     if record.exitCode != 0:
         click.echo(f"gisjob: error: {record.error}", err=True)
-    sys.exit(record.exitCode)
+    # the tile is committed and reported: skip the interpreter's teardown (0.1-0.2 s of
+    # freeing NumPy/GDAL/pyarrow state that the exit frees anyway)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(record.exitCode)
