@@ -20,16 +20,19 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python3 -m venv /opt/build-venv
 WORKDIR /src
 
-# Dependencies first (cached until pyproject.toml changes): a stub README and empty source roots
-# give a metadata-only build of gisjob whose wheel is thrown away; its dependencies' wheels stay.
+# Dependencies first (cached until pyproject.toml or the lock change): a stub README and empty
+# source roots give a metadata-only build of gisjob whose wheel is thrown away; its dependencies'
+# wheels stay, at the versions of requirements/runtime.lock (scripts/lock.py).
 COPY pyproject.toml ./
+COPY requirements/runtime.lock ./requirements/
 RUN --mount=type=secret,id=pipconf \
     --mount=type=secret,id=pipca \
     --mount=type=cache,id=gisjob-pip,target=/var/cache/pip \
     export PIP_CACHE_DIR=/var/cache/pip \
     && if [ -f /run/secrets/pipconf ]; then export PIP_CONFIG_FILE=/run/secrets/pipconf; fi \
     && mkdir -p worker operator && : > README.md \
-    && /opt/build-venv/bin/pip wheel --wheel-dir /wheels/deps . \
+    && /opt/build-venv/bin/pip wheel --constraint requirements/runtime.lock \
+        --wheel-dir /wheels/deps . \
     && rm -rf /wheels/deps/gisjob-*.whl README.md worker operator build ./*.egg-info
 
 # The project itself: no network needed beyond the build backend (setuptools, wheel).
@@ -48,7 +51,7 @@ RUN --mount=type=secret,id=pipconf \
 # The runtime environment, from wheels only (offline), in stages of its own so that neither the
 # wheels nor pip reach the final image. (COPY --from, not RUN --mount=type=bind,from=: buildah
 # 1.28 mounts a cached stage's content wrongly or stale, buildah#4375 and #4522.)
-# Dependencies: reused, down to the final image's layer, until pyproject.toml changes.
+# Dependencies: reused, down to the final image's layer, until pyproject.toml or the lock change.
 FROM ${BASE_IMAGE} AS deps
 COPY --from=builder /wheels/deps /wheels/deps
 RUN python3 -m venv /opt/gisjob \

@@ -12,5 +12,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+# runtime dependencies at the locked versions (requirements/runtime.lock, scripts/lock.py):
+# the tests run with what the container image ships
+.venv/bin/python -m pip install --quiet --disable-pip-version-check \
+  -c requirements/runtime.lock -e ".[dev]"
 echo "setup: gisjob installed in $(pwd)/.venv ($(.venv/bin/gisjob --version))"

@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "== ruff"
-.venv/bin/ruff check --output-format concise worker operator tests bench
-.venv/bin/ruff format --check worker operator tests bench
+.venv/bin/ruff check --output-format concise worker operator tests bench scripts
+.venv/bin/ruff format --check worker operator tests bench scripts
 .venv/bin/hadolint Dockerfile
 echo "== mypy --strict"
 .venv/bin/mypy
