@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from gisjob_worker.cgroup import CgroupMemory, current, parse_proc_cgroup
+from gisjob_worker.cgroup import (
+    CgroupMemory,
+    ChildCgroup,
+    create_child,
+    current,
+    parse_proc_cgroup,
+)
 
 V1_TEXT = """\
 12:pids:/kubepods/burstable/pod1/abc
@@ -202,3 +208,68 @@ def test_current_none_without_files(tmp_path: Path) -> None:
     assert current(root, _proc(tmp_path, V2_TEXT)) is None
     assert current(root, _proc(tmp_path, V1_TEXT)) is None
     assert current(root, tmp_path / "no-such-proc-file") is None
+
+
+# ------------------------------------------------------------------ child cgroups (fake fs)
+# The kernel's enforcement is tested on this machine's real cgroup v1 (integration tests);
+# these check what create_child writes for each version, and when it declines.
+
+
+def _v2_parent(root: Path, subtree: str = "cpu memory pids") -> Path:
+    (root).mkdir(parents=True, exist_ok=True)
+    (root / "cgroup.controllers").write_text("cpu memory pids\n")
+    parent = root / "kubepods.slice" / "pod1.slice" / "cri-abc.scope"
+    parent.mkdir(parents=True)
+    (parent / "cgroup.subtree_control").write_text(subtree + "\n")
+    return parent
+
+
+def test_create_child_v2_sets_memory_max_and_no_swap(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    parent = _v2_parent(root)
+    (parent / "w1").mkdir()
+    (parent / "w1" / "memory.swap.max").write_text("max\n")  # the kernel creates it
+    cg = create_child("w1", 300 * 2**20, root, V2_TEXT)
+    assert cg == ChildCgroup(2, parent / "w1")
+    assert (parent / "w1" / "memory.max").read_text() == str(300 * 2**20)
+    assert (parent / "w1" / "memory.swap.max").read_text() == "0"
+    cg.add(4242)
+    assert (parent / "w1" / "cgroup.procs").read_text() == "4242"
+
+
+def test_create_child_v2_declines_without_the_memory_controller_delegated(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "cg"
+    parent = _v2_parent(root, subtree="cpu pids")
+    assert create_child("w1", 2**28, root, V2_TEXT) is None
+    assert not (parent / "w1").exists()
+
+
+def test_create_child_v2_under_unified_mount(tmp_path: Path) -> None:
+    """Hybrid hosts mount v2 at <root>/unified; with no v1 memory hierarchy there, v2 is used."""
+    root = tmp_path / "cg"
+    parent = _v2_parent(root / "unified")
+    cg = create_child("w2", 2**28, root, V2_TEXT)
+    assert cg is not None and cg.version == 2 and cg.path == parent / "w2"
+
+
+def test_create_child_v1_sets_limit_and_memsw(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    parent = root / "memory" / "kubepods" / "burstable" / "pod1" / "abc"
+    parent.mkdir(parents=True)
+    (parent / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (parent / "w1").mkdir()
+    (parent / "w1" / "memory.memsw.limit_in_bytes").write_text("9223372036854771712\n")
+    cg = create_child("w1", 2**28, root, V1_TEXT)
+    assert cg == ChildCgroup(1, parent / "w1")
+    assert (parent / "w1" / "memory.limit_in_bytes").read_text() == str(2**28)
+    assert (parent / "w1" / "memory.memsw.limit_in_bytes").read_text() == str(2**28)
+    cg.remove()  # a real cgroup directory is removed with rmdir; here it still has files
+    assert (parent / "w1").exists()
+
+
+def test_create_child_without_any_memory_hierarchy_is_none(tmp_path: Path) -> None:
+    assert create_child("w", 2**28, tmp_path / "cg", V1_TEXT) is None
+    assert create_child("w", 2**28, tmp_path / "cg", V2_TEXT) is None
+    assert create_child("w", 2**28, tmp_path / "cg", "") is None

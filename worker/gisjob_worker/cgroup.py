@@ -129,11 +129,12 @@ class ChildCgroup:
             pass
 
 
-def _own_dirs(root: Path) -> list[tuple[int, Path]]:
+def _own_dirs(root: Path, proc_cgroup: str | None = None) -> list[tuple[int, Path]]:
     try:
-        v2, v1 = parse_proc_cgroup(Path("/proc/self/cgroup").read_text())
+        text = proc_cgroup if proc_cgroup is not None else Path("/proc/self/cgroup").read_text()
     except OSError:
         return []
+    v2, v1 = parse_proc_cgroup(text)
     dirs: list[tuple[int, Path]] = []
     if v1 is not None:
         dirs.append((1, root / "memory" / v1.lstrip("/")))
@@ -144,13 +145,16 @@ def _own_dirs(root: Path) -> list[tuple[int, Path]]:
     return dirs
 
 
-def create_child(name: str, limit: int, root: Path = CGROUP_ROOT) -> ChildCgroup | None:
+def create_child(
+    name: str, limit: int, root: Path = CGROUP_ROOT, proc_cgroup: str | None = None
+) -> ChildCgroup | None:
     """A child memory cgroup with ``limit`` bytes, or None where none can be made here.
 
     Tries cgroup v1 (``memory.limit_in_bytes``; swap capped too) and v2 (``memory.max``,
-    ``memory.swap.max``) under this process's own cgroup.
+    ``memory.swap.max``) under this process's own cgroup (``proc_cgroup``: the text of
+    ``/proc/self/cgroup``, read when not given).
     """
-    for version, parent in _own_dirs(root):
+    for version, parent in _own_dirs(root, proc_cgroup):
         d = parent / name
         try:
             if version == 1:
