@@ -44,6 +44,7 @@ class JobMemo:
     generation: int | None = None
     job: GisJob | None = None
     plan: Plan | None = None
+    tree: TileTree | None = None  # the plan's tile tree, reused by every tick
     error: str | None = None
     last_write: float = 0.0
     seq: int = 0
@@ -293,6 +294,7 @@ class JobController:
             process_finished=process,
             keep_failed=cfg.keep_failed_pods,
             suspended=suspended,
+            tree=self._tree(plan),
         )
         digest = plan.digest
         for launch in actions.create:
@@ -320,6 +322,11 @@ class JobController:
         for e in actions.events:
             self.event(e.type, e.reason, e.message)
         return str(status.get("phase", "Running"))
+
+    def _tree(self, plan: Plan) -> TileTree:
+        if self.memo.tree is None or self.memo.tree.plan is not plan:
+            self.memo.tree = TileTree(plan)
+        return self.memo.tree
 
     def _count(self, actions: Actions) -> None:
         m = self.ctx.metrics

@@ -280,12 +280,24 @@ def _collapse(tree: TileTree, p: Progress) -> None:
 
 
 def open_leaves(tree: TileTree, p: Progress) -> Iterator[Tile]:
-    for i, tile in enumerate(tree.plan.tiles):
-        if i in p.completed or i in p.failed:
-            continue
-        for leaf, state in _leaf_state(tree, tile, p):
-            if state == "open":
-                yield leaf
+    """Open leaves in plan order: unresolved planned tiles, and the open sub-tiles of the
+    split ones. The unresolved indexes come from set arithmetic (C speed), so a tick late in
+    a 100,000-tile job does not walk every completed tile in Python."""
+    n = len(tree.plan.tiles)
+    unresolved: Iterable[int] = (
+        sorted(set(range(n)).difference(p.completed, p.failed))
+        if p.completed or p.failed
+        else range(n)
+    )
+    tiles = tree.plan.tiles
+    for i in unresolved:
+        tile = tiles[i]
+        if tile.id in p.split:
+            for leaf, state in _leaf_state(tree, tile, p):
+                if state == "open":
+                    yield leaf
+        elif tile.id not in p.sub_done and tile.id not in p.sub_failed:
+            yield tile
 
 
 def _mark(tree: TileTree, p: Progress, tile: Tile, outcome: str) -> None:
@@ -306,13 +318,15 @@ def reconcile(
     process_finished: bool = True,
     keep_failed: int = 3,
     suspended: bool = False,
+    tree: TileTree | None = None,
 ) -> Actions:
     """Everything the operator should do this tick (see the module docstring).
 
     ``process_finished=False`` (between coalesced status writes): finished pods keep their
     slot and wait; only new tiles are launched.
     """
-    tree = TileTree(plan)
+    if tree is None or tree.plan is not plan:  # a tree is pure navigation: reusable
+        tree = TileTree(plan)
     before = Progress.from_status(persisted)
     p = Progress.from_status(persisted)
     actions = Actions(progress=p)
@@ -321,13 +335,12 @@ def reconcile(
         by_tile.setdefault(pod.tile, []).append(pod)
     for lst in by_tile.values():
         lst.sort(key=lambda v: v.attempt)
-    for leaf in open_leaves(tree, p):  # make every open sub-tile known by id
-        tree.tile(leaf.id)
+    # walking the open leaves makes every open sub-tile known to the tree by id
+    open_ids = {t.id for t in open_leaves(tree, p)}
     for tid in list(p.split):
         t = tree.tile(tid)
         if t is not None:
             tree.children(t)
-    open_ids = {t.id for t in open_leaves(tree, p)}
     failed_pods: list[PodView] = []
     slots = 0
     successors: list[PodLaunch] = []
@@ -450,9 +463,10 @@ def reconcile(
     _collapse(tree, p)
     actions.changed = p.key() != before.key()
     actions.create.extend(successors)  # they replace a pod: no new slot
+    open_after = list(open_leaves(tree, p))  # progress is final for this tick
     if not suspended:
         budget = max(0, parallelism - slots)
-        for leaf in open_leaves(tree, p):
+        for leaf in open_after:
             if budget <= 0:
                 break
             if leaf.id in by_tile:
@@ -470,7 +484,7 @@ def reconcile(
     failed_pods.sort(key=lambda v: (v.finished_at or 0.0, v.name))
     excess = len(failed_pods) - keep_failed
     actions.delete.extend(v.name for v in failed_pods[: max(0, excess)])
-    remaining = sum(1 for _ in open_leaves(tree, p))
+    remaining = len(open_after)
     actions.running = slots
     actions.pending = max(0, remaining - slots)
     actions.finished = remaining == 0 and slots == 0

@@ -1114,6 +1114,8 @@ class Sim:
     lose_delete: float = 0.3
     skip_process: float = 0.3
     keep_failed: int = 2
+    reuse_tree: bool = False  # one TileTree across ticks, as the controller keeps it
+    tree: TileTree | None = None
     rng: random.Random = field(init=False)
     script_rng: random.Random = field(init=False)
     script: dict[tuple[str, int], tuple[int, bool]] = field(default_factory=dict)
@@ -1173,6 +1175,13 @@ class Sim:
                 status["phase"] = "Succeeded" if code == 0 else "Failed"
                 status["containerStatuses"] = [{"name": "worker", "state": {"terminated": term}}]
 
+    def _tree(self) -> TileTree | None:
+        if not self.reuse_tree:
+            return None
+        if self.tree is None:
+            self.tree = TileTree(self.plan)
+        return self.tree
+
     def resolved_in_status(self, tile: str) -> bool:
         """The persisted status says this tile (or an ancestor) is done or failed."""
         p = Progress.from_status(self.status)
@@ -1194,6 +1203,7 @@ class Sim:
             self.now,
             process_finished=process,
             keep_failed=self.keep_failed,
+            tree=self._tree(),
         )
         for launch in actions.create:
             name = pod_name(JOB, launch.tile, launch.attempt)
@@ -1280,6 +1290,22 @@ def test_every_planned_tile_starts_exactly_once(seed: int) -> None:
     sim = sim_run(seed)
     first = [c.tile for c in sim.creates if c.attempt == 0 and "-" not in c.tile]
     assert sorted(first) == sorted(t.id for t in SIM_PLAN.tiles)
+
+
+@pytest.mark.parametrize("seed", SIM_SEEDS[:4])
+def test_a_tile_tree_kept_across_ticks_changes_nothing(seed: int) -> None:
+    """The controller keeps one TileTree per plan (a tick at 100,000 tiles was spending a
+    third of its time rebuilding it): same creations, same final status as fresh trees."""
+    fresh = sim_run(seed)
+    kept = Sim(SIM_PLAN, seed, reuse_tree=True).run()
+    assert kept.tree is not None and kept.tree.plan is SIM_PLAN
+    assert kept.creates == fresh.creates
+    assert kept.status == fresh.status
+    other = raster_plan(size=2048)
+    stale = TileTree(other)  # a tree of another plan is never used
+    a = reconcile(SIM_PLAN, None, [], CONFIG, 3, NOW, tree=stale)
+    b = reconcile(SIM_PLAN, None, [], CONFIG, 3, NOW)
+    assert a.create == b.create and [c.tile for c in a.create] == [t.id for t in SIM_PLAN.tiles[:3]]
 
 
 def test_simulation_exercises_every_strategy() -> None:
