@@ -245,16 +245,15 @@ class ForkServer:
         wait: bool = True,
     ) -> None:
         """Start the server; with ``wait=False`` return at once (it warms up meanwhile and
-        the first :meth:`spawn` waits for it). Without ``log_path`` its stderr goes to a
-        temporary file that is removed at :meth:`close` unless a :class:`ForkServerError`
-        was raised (which names it)."""
-        self._temp_log = log_path is None
-        if log_path is None:
-            fd, name = tempfile.mkstemp(prefix="gisjob-forkserver-", suffix=".log")
-            os.close(fd)
-            log_path = Path(name)
-        self._failed = False
-        self._log = open(log_path, "ab")  # noqa: SIM115
+        the first :meth:`spawn` waits for it). Without ``log_path`` its stderr goes to an
+        anonymous temporary file (nothing is left behind, even if this process is killed);
+        a :class:`ForkServerError` saves it under a name the error gives."""
+        self._saved_log: Path | None = None
+        self._log_path = log_path
+        # an anonymous file (unlinked at creation) or the named one, appended to
+        self._log: IO[bytes] = (
+            tempfile.TemporaryFile() if log_path is None else open(log_path, "ab")  # noqa: SIM115
+        )
         self.proc = subprocess.Popen(
             [python, "-m", "gisjob_worker.forkserver", str(job_file)],
             stdin=subprocess.PIPE,
@@ -277,13 +276,26 @@ class ForkServer:
         if wait:
             self.wait_ready()
 
+    def log_name(self) -> str:
+        """The server's log file; an anonymous one is saved to a named file first."""
+        if self._log_path is not None:
+            return str(self._log_path)
+        if self._saved_log is None:
+            fd, name = tempfile.mkstemp(prefix="gisjob-forkserver-", suffix=".log")
+            with os.fdopen(fd, "wb") as out:
+                self._log.flush()
+                self._log.seek(0)
+                out.write(self._log.read())
+            self._saved_log = Path(name)
+        return str(self._saved_log)
+
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while not self._ready:
             if time.monotonic() > deadline:
-                self._failed = True
+                message = f"the fork server did not start ({self.log_name()})"
                 self.close()
-                raise ForkServerError(f"the fork server did not start ({self._log.name})")
+                raise ForkServerError(message)
             self.pump(0.05)
 
     def _lines(self, timeout: float) -> list[dict[str, Any]]:
@@ -300,9 +312,8 @@ class ForkServer:
             return []
         if not chunk:
             if self.lost is None:
-                self._failed = True
                 code = self.proc.wait()
-                self.lost = f"the fork server exited (code {code}); its log: {self._log.name}"
+                self.lost = f"the fork server exited (code {code}); its log: {self.log_name()}"
                 # its children died with it (PDEATHSIG); their exit status died with it too
                 for worker in self._workers.values():
                     worker.returncode = LOST_EXIT
@@ -352,8 +363,7 @@ class ForkServer:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
         except BrokenPipeError:
-            self._failed = True
-            raise ForkServerError(f"the fork server exited; its log: {self._log.name}") from None
+            raise ForkServerError(f"the fork server exited; its log: {self.log_name()}") from None
         while self._next not in self._replies:
             self.pump(1.0)
         pid = self._replies.pop(self._next)
@@ -385,8 +395,6 @@ class ForkServer:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log.close()
-        if self._temp_log and not self._failed:
-            Path(self._log.name).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
