@@ -12,10 +12,17 @@ echo "== ruff"
 echo "== mypy --strict"
 .venv/bin/mypy
 if [ -f tests/cluster/setup_binaries.sh ] && [ -z "${GISJOB_SKIP_CLUSTER:-}" ]; then
-  echo "== control-plane binaries"
+  echo "== control-plane binaries, kubectl"
   KUBEBUILDER_ASSETS="$(bash tests/cluster/setup_binaries.sh | tail -n 1)"
   export KUBEBUILDER_ASSETS
+  bash scripts/install-kubectl.sh >/dev/null
 fi
+# The tools the tests call are installed here, so a missing one fails the run instead of
+# turning into skipped tests (the tests still skip when run by hand without them).
+echo "== helm, prometheus"
+GISJOB_HELM="$(bash scripts/install-helm.sh | tail -n 1)"
+export GISJOB_HELM
+bash scripts/install-prometheus.sh >/dev/null
 if [ -z "${GISJOB_SKIP_IMAGE:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "== container image (scripts/build-image.sh; base and layers cached outside the repo)"
   image_log=$(mktemp)

@@ -102,21 +102,6 @@ def docs_of(text: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def helm() -> str:
-    proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "install-helm.sh")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        pytest.skip(f"helm unavailable: {proc.stderr.strip() or 'install-helm.sh failed'}")
-    return lines[-1]
-
-
-@pytest.fixture(scope="module")
 def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The chart, or a copy with stand-ins for a dashboard/rules file not written yet."""
     if (CHART / DASHBOARD).is_file() and (CHART / RULES).is_file():
