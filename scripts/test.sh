@@ -15,7 +15,6 @@ if [ -f tests/cluster/setup_binaries.sh ] && [ -z "${GISJOB_SKIP_CLUSTER:-}" ]; 
   echo "== control-plane binaries, kubectl"
   KUBEBUILDER_ASSETS="$(bash tests/cluster/setup_binaries.sh | tail -n 1)"
   export KUBEBUILDER_ASSETS
-  bash scripts/install-kubectl.sh >/dev/null
 fi
 # The tools the tests call are installed here, so a missing one fails the run instead of
 # turning into skipped tests (the tests still skip when run by hand without them).

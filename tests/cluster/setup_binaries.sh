@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Provide etcd, kube-apiserver and kube-controller-manager for the dev cluster.
+# Provide etcd, kube-apiserver and kube-controller-manager for the dev cluster, and make sure
+# kubectl is on PATH for the cluster tests (Debian's kubernetes-client when it is missing).
 #
 # Idempotent. The LAST line printed on stdout is the directory holding the three
 # binaries (everything else goes to stderr), so callers can do:
@@ -20,6 +21,23 @@ set -euo pipefail
 
 log() { printf '[setup_binaries] %s\n' "$*" >&2; }
 die() { printf '[setup_binaries] ERROR: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [[ "$(id -u)" == 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
+# ensure_command CMD PACKAGE: install Debian's PACKAGE when CMD is not on PATH.
+ensure_command() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    [[ "${GISJOB_NO_BUILD:-0}" == 1 ]] && die "$1 not installed and GISJOB_NO_BUILD=1"
+    log "installing Debian $2 (for $1)"
+    as_root apt-get install -y --no-install-recommends "$2" >&2 \
+        || { as_root apt-get update >&2 && as_root apt-get install -y --no-install-recommends "$2" >&2; }
+    command -v "$1" >/dev/null 2>&1 || die "$1 still missing after installing $2"
+}
+
+# The cluster tests drive the API server with kubectl too.
+ensure_command kubectl kubernetes-client
 
 has_all() {
     local d="$1"
@@ -48,10 +66,6 @@ VENDOR_FIX_PATHS=(github.com/modern-go/reflect2 github.com/json-iterator/go)
 SRC_LIST=/etc/apt/sources.list.d/gisjob-deb-src.sources
 export DEBIAN_FRONTEND=noninteractive
 
-as_root() {
-    if [[ "$(id -u)" == 0 ]]; then "$@"; else sudo "$@"; fi
-}
-
 # Version of Debian's kubernetes source, from local apt metadata only (no network).
 local_version() {
     local v=""
@@ -67,16 +81,8 @@ safe() { printf '%s' "$1" | tr -c 'A-Za-z0-9._+-' '_'; }
 
 ensure_etcd() {
     # $1: bin dir; links Debian's etcd into it.
-    local bin="$1" etcd_path
-    etcd_path="$(command -v etcd || true)"
-    if [[ -z "$etcd_path" ]]; then
-        [[ "${GISJOB_NO_BUILD:-0}" == 1 ]] && die "etcd not installed and GISJOB_NO_BUILD=1"
-        log "installing Debian etcd-server"
-        as_root apt-get install -y --no-install-recommends etcd-server >&2 \
-            || { as_root apt-get update >&2 && as_root apt-get install -y --no-install-recommends etcd-server >&2; }
-        etcd_path="$(command -v etcd)" || die "etcd still missing after installing etcd-server"
-    fi
-    ln -sfn "$etcd_path" "$bin/etcd"
+    ensure_command etcd etcd-server
+    ln -sfn "$(command -v etcd)" "$1/etcd"
 }
 
 # 2. cache -----------------------------------------------------------------

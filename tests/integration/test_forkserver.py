@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from worker_helpers import GISJOB, budget_mib, job_doc, make_raster, run_cli, write_job
+from worker_helpers import GISJOB, budget_mib, free_port, job_doc, make_raster, run_cli, write_job
 
 from gisjob_worker.cgroup import create_child
 from gisjob_worker.forkserver import ForkServer, ForkServerError
@@ -38,12 +37,6 @@ def _job(tmp_path: Path, width: int = 2048, tile: int = 1024, name: str = "fs") 
             resources={"memory": budget_mib("raster", 8, 48), "gdalCacheMax": "8Mi"},
         ),
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -123,12 +116,12 @@ def test_a_forked_worker_can_be_killed_and_dies_with_the_server(tmp_path: Path) 
     # a worker that stays alive: after its tile it waits up to 120 s for a metrics scrape
     argv = ["worker", "--job", str(job), "--tile", "r0000c0000", "--metrics-linger", "120"]
     try:
-        w = server.spawn([*argv, "--metrics-port", str(_free_port())], tmp_path / "w1.log")
+        w = server.spawn([*argv, "--metrics-port", str(free_port())], tmp_path / "w1.log")
         time.sleep(0.3)
         assert w.poll() is None
         w.kill()
         assert w.wait(30) == -signal.SIGKILL
-        orphan = server.spawn([*argv, "--metrics-port", str(_free_port())], tmp_path / "w2.log")
+        orphan = server.spawn([*argv, "--metrics-port", str(free_port())], tmp_path / "w2.log")
         time.sleep(3.0)
         assert orphan.poll() is None and _alive(orphan.pid)
         os.kill(server.proc.pid, signal.SIGKILL)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -20,6 +19,7 @@ import yaml
 from worker_helpers import (
     GISJOB,
     budget_mib,
+    free_port,
     job_doc,
     make_raster,
     run_cli,
@@ -246,12 +246,6 @@ def test_result_record_file_and_job_from_environment(tmp_path: Path) -> None:
     assert rec["bytesWritten"] == Path(rec["output"]).stat().st_size
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_metrics_served_while_running_and_pushed_at_exit(tmp_path: Path) -> None:
     pushed: list[tuple[str, str]] = []
 
@@ -281,7 +275,7 @@ def test_metrics_served_while_running_and_pushed_at_exit(tmp_path: Path) -> None
             resources={"memory": budget_mib("raster", 8, 24), "gdalCacheMax": "8Mi"},
         ),
     )
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             GISJOB,
@@ -350,21 +344,26 @@ def _metric(body: str, name: str) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-def test_metrics_linger_waits_for_the_final_scrape(tmp_path: Path) -> None:
-    """With --metrics-linger, a finished worker keeps serving until it is scraped once more,
-    and that scrape carries the final values; then it exits at once."""
-    src = make_raster(tmp_path / "in.tif", 1024, 1024, count=2)
-    job = write_job(
+def _scale_job(tmp_path: Path, name: str, size: int) -> Path:
+    """A one-tile scale job on a ``size``² 2-band raster."""
+    src = make_raster(tmp_path / "in.tif", size, size, count=2)
+    return write_job(
         tmp_path / "job.yaml",
         job_doc(
-            "lg",
+            name,
             {"uri": str(src)},
             {"name": "scale", "params": {"scale": 2.0}},
             {"uri": str(tmp_path / "out"), "format": "GTiff"},
             resources={"memory": budget_mib("raster", 8, 24), "gdalCacheMax": "8Mi"},
         ),
     )
-    port = _free_port()
+
+
+def test_metrics_linger_waits_for_the_final_scrape(tmp_path: Path) -> None:
+    """With --metrics-linger, a finished worker keeps serving until it is scraped once more,
+    and that scrape carries the final values; then it exits at once."""
+    job = _scale_job(tmp_path, "lg", 1024)
+    port = free_port()
     result = tmp_path / "result.json"
     proc = subprocess.Popen(
         [
@@ -410,19 +409,9 @@ def test_metrics_linger_waits_for_the_final_scrape(tmp_path: Path) -> None:
 
 def test_metrics_linger_is_bounded(tmp_path: Path) -> None:
     """Nobody scrapes: the worker gives up after --metrics-linger seconds and exits 0."""
-    src = make_raster(tmp_path / "in.tif", 512, 512, count=1)
-    job = write_job(
-        tmp_path / "job.yaml",
-        job_doc(
-            "lb",
-            {"uri": str(src)},
-            {"name": "scale", "params": {"scale": 2.0}},
-            {"uri": str(tmp_path / "out"), "format": "GTiff"},
-            resources={"memory": budget_mib("raster", 8, 24), "gdalCacheMax": "8Mi"},
-        ),
-    )
+    job = _scale_job(tmp_path, "lb", 512)
     common = [GISJOB, "worker", "--job", str(job), "--tile", "r0000c0000"]
-    common += ["--result", str(tmp_path / "r.json"), "--metrics-port", str(_free_port())]
+    common += ["--result", str(tmp_path / "r.json"), "--metrics-port", str(free_port())]
     t0 = time.monotonic()
     subprocess.run(common, check=True, capture_output=True, timeout=120)
     plain = time.monotonic() - t0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -114,3 +115,10 @@ def budget_mib(kind: str, cache_mib: int, working_mib: float, headroom: float = 
     baseline = memory.measured_baseline(kind)  # type: ignore[arg-type]
     estimate = baseline + cache_mib * 2**20 + memory.FIXED_SLACK + working_mib * 2**20
     return f"{int(estimate * (1 + headroom) / 2**20) + 1}Mi"
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -193,10 +193,6 @@ class MetricsServer:
         self._server.server_close()
 
 
-def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> MetricsServer:
-    return MetricsServer(registry, port, addr)
-
-
 def push(registry: CollectorRegistry, url: str, job: str, tile: str) -> None:
     from prometheus_client import push_to_gateway
 

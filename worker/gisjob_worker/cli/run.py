@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, InputError
 from .errors import one_line_errors
-
-if TYPE_CHECKING:
-    from ..forkserver import ForkServer
 
 
 def _workers(value: str) -> str:
@@ -89,97 +86,70 @@ def run(
     # started first, the server imports the worker stack while this process imports, checks
     # the job and plans (on an invalid job it fails too, quietly, and is closed below)
     server = None if no_fork_server else ForkServer(job_file.resolve(), wait=False)
-    try:
-        _run(
-            job_file,
-            workers,
-            memory_text,
-            resume,
-            fail_fast,
-            report_dir,
-            no_cgroups,
-            no_fork_server,
-            metrics_port_base,
-            metrics_linger,
-            server,
-        )
-    finally:
+    with contextlib.ExitStack() as cleanup:
         if server is not None:
-            server.close()  # normally closed by the run already
+            cleanup.callback(server.close)  # normally closed by the run already
+        from .. import gdalenv, logs
+        from ..allowance import default_allowance, default_workers
+        from ..quantity import parse_quantity
+        from ..spec import load_job
 
+        logs.configure()
+        job = load_job(job_file)
+        if memory_text:
+            try:
+                allowance = parse_quantity(memory_text)
+            except ValueError as exc:
+                raise InputError(f"--memory: {exc}") from None
+            if allowance <= 0:
+                raise InputError(f"--memory: must be greater than zero (got {memory_text})")
+        else:
+            allowance = default_allowance()
+        res = job.spec.resources
+        gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
+        from ..executor import LocalExecutor, RunOptions
+        from ..planner import build_plan
+        from ..progress import make_progress, print_summary, summarize
 
-def _run(
-    job_file: Path,
-    workers: str,
-    memory_text: str | None,
-    resume: bool,
-    fail_fast: bool,
-    report_dir: Path | None,
-    no_cgroups: bool,
-    no_fork_server: bool,
-    metrics_port_base: int | None,
-    metrics_linger: float,
-    server: ForkServer | None,
-) -> None:
-    from .. import gdalenv, logs
-    from ..allowance import default_allowance, default_workers
-    from ..quantity import parse_quantity
-    from ..spec import load_job
-
-    logs.configure()
-    job = load_job(job_file)
-    if memory_text:
-        try:
-            allowance = parse_quantity(memory_text)
-        except ValueError as exc:
-            raise InputError(f"--memory: {exc}") from None
-        if allowance <= 0:
-            raise InputError(f"--memory: must be greater than zero (got {memory_text})")
-    else:
-        allowance = default_allowance()
-    res = job.spec.resources
-    gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
-    from ..executor import LocalExecutor, RunOptions
-    from ..planner import build_plan
-    from ..progress import make_progress, print_summary, summarize
-
-    plan = build_plan(job)
-    n = default_workers(job.spec.parallelism) if workers == "auto" else int(workers)
-    options = RunOptions(
-        job_file=job_file.resolve(),
-        workers=n,
-        allowance=allowance,
-        resume=resume,
-        fail_fast=fail_fast,
-        use_cgroups=not no_cgroups,
-        fork_server=not no_fork_server,
-        metrics_port_base=metrics_port_base,
-        metrics_linger=metrics_linger,
-    )
-    ui = make_progress(job.name, len(plan.tiles))
-    executor = LocalExecutor(
-        job, plan, options, on_update=ui.update, on_event=ui.event, fork_server=server
-    )
-    try:
-        result = executor.run()
-    finally:
-        ui.close()
-    summary = summarize(result)
-    print_summary(summary)
-    if report_dir is not None:
-        from ..report import write_report
-
-        for p in write_report(report_dir, summary, result.samples):
-            click.echo(f"report: {p}", err=True)
-    click.echo(f"manifest: {Path(job.spec.output.uri) / 'manifest.json'}", err=True)
-    if result.interrupted:
-        click.echo("gisjob: interrupted: manifest written with the tiles that finished", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    if not result.succeeded:
-        failed = result.manifest["failedTiles"]
-        click.echo(
-            f"gisjob: error: {len(failed)} tile(s) failed: {', '.join(failed[:10])}"
-            + (" ..." if len(failed) > 10 else ""),
-            err=True,
+        plan = build_plan(job)
+        n = default_workers(job.spec.parallelism) if workers == "auto" else int(workers)
+        options = RunOptions(
+            job_file=job_file.resolve(),
+            workers=n,
+            allowance=allowance,
+            resume=resume,
+            fail_fast=fail_fast,
+            use_cgroups=not no_cgroups,
+            fork_server=not no_fork_server,
+            metrics_port_base=metrics_port_base,
+            metrics_linger=metrics_linger,
         )
-        sys.exit(EXIT_ERROR)
+        ui = make_progress(job.name, len(plan.tiles))
+        executor = LocalExecutor(
+            job, plan, options, on_update=ui.update, on_event=ui.event, fork_server=server
+        )
+        try:
+            result = executor.run()
+        finally:
+            ui.close()
+        summary = summarize(result)
+        print_summary(summary)
+        if report_dir is not None:
+            from ..report import write_report
+
+            for p in write_report(report_dir, summary, result.samples):
+                click.echo(f"report: {p}", err=True)
+        click.echo(f"manifest: {Path(job.spec.output.uri) / 'manifest.json'}", err=True)
+        if result.interrupted:
+            click.echo(
+                "gisjob: interrupted: manifest written with the tiles that finished", err=True
+            )
+            sys.exit(EXIT_INTERRUPTED)
+        if not result.succeeded:
+            failed = result.manifest["failedTiles"]
+            click.echo(
+                f"gisjob: error: {len(failed)} tile(s) failed: {', '.join(failed[:10])}"
+                + (" ..." if len(failed) > 10 else ""),
+                err=True,
+            )
+            sys.exit(EXIT_ERROR)

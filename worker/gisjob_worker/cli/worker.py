@@ -137,7 +137,7 @@ def worker(
         gdalenv.import_pyogrio()  # this process reads Arrow only: skip geopandas/pandas
     from prometheus_client import CollectorRegistry
 
-    from ..metrics import MetricsServer, WorkerMetrics, push, serve
+    from ..metrics import MetricsServer, WorkerMetrics, push
     from ..worker import WorkerOptions, run_tile
 
     registry = CollectorRegistry()
@@ -145,7 +145,7 @@ def worker(
     server: MetricsServer | None = None
     if metrics_port is not None:
         try:
-            server = serve(registry, metrics_port)
+            server = MetricsServer(registry, metrics_port)
         except OSError as exc:  # metrics must never fail a tile
             click.echo(f"gisjob: warning: metrics port {metrics_port}: {exc}", err=True)
     record = run_tile(

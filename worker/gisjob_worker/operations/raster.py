@@ -106,8 +106,9 @@ class Scale(RasterOperation[ScaleParams]):
         result = np.empty((data.shape[0], *data.shape[1:]), dtype=out.dtype)
         ctype = self._compute_dtype(params)
         all_valid = bool(valid.all())
+        direct = self._direct(params, data.dtype, ctype, out)
         for i in range(data.shape[0]):
-            if self._direct(params, data.dtype, ctype, out):
+            if direct:
                 # float output, no clip, integer input that cannot overflow: every result is
                 # finite, so compute straight into the output (2 passes, no temporaries)
                 np.multiply(data[i], ctype.type(params.scale), out=result[i], dtype=ctype)
