@@ -10,11 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from planbuilders import BASELINE_RASTER, BASELINE_VECTOR
 
 from gisjob_worker import registry as registry_mod
-
-BASELINE_RASTER = 100_000_000
-BASELINE_VECTOR = 200_000_000
 
 MINIMAL_DOC: dict[str, Any] = {
     "apiVersion": "gisjob.dev/v1alpha1",

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from planbuilders import raster_file, raster_sizing
 
 from gisjob_operator.crd import build_crd
 from gisjob_operator.pods import pod_name
@@ -20,9 +21,8 @@ from gisjob_operator.ranges import compress, expand
 from gisjob_operator.reconcile import Actions, PodView, Progress, TileTree, reconcile
 from gisjob_operator.status import TERMINAL, plan_status, progress_status, set_condition
 from gisjob_worker import policy
-from gisjob_worker.planner import Plan, RasterFile, Sizing, Tile, make_raster_tile
+from gisjob_worker.planner import Plan, RasterFile, Tile, make_raster_tile
 from gisjob_worker.quantity import parse_quantity
-from gisjob_worker.registry import RasterOutput
 from gisjob_worker.tiles import Window, raster_grid
 
 MIB = 1024**2
@@ -36,30 +36,25 @@ T1 = "2026-01-01T00:05:00Z"
 # ------------------------------------------------------------------------------- builders
 
 
-def raster_file(width: int, height: int, block: int) -> RasterFile:
-    return RasterFile(
-        index=0,
-        uri="/data/big.tif",
-        width=width,
-        height=height,
-        count=1,
-        block_width=block,
-        block_height=block,
+def big_file(width: int, height: int, block: int) -> RasterFile:
+    """One band of uint16 in, float32 out."""
+    return raster_file(
+        width,
+        height,
+        block=block,
         bands=(1,),
         read_bytes_per_pixel=2,
         bytes_per_pixel=12,
-        output=RasterOutput(count=1, dtype="float32", nodata=-9999.0),
+        uri="/data/big.tif",
     )
 
 
-SIZING = Sizing(
-    kind="raster", baseline_bytes=100_000_000, cache_bytes=64 * MIB, headroom=0.2, memory=None
-)
+SIZING = raster_sizing()
 
 
 def raster_plan(tiles: int = 4) -> Plan:
     """A 2x2-tile (or 1xN) plan, each tile computed by the planner's own sizing."""
-    f = raster_file(1024 * tiles, 1024, 512)
+    f = big_file(1024 * tiles, 1024, 512)
     ts = tuple(
         make_raster_tile(SIZING, f, f"r{r:04d}c{c:04d}", w)
         for r, c, w in raster_grid(f.width, f.height, 1024, 512, 512)
@@ -73,7 +68,7 @@ def big_plan(rows: int = 250, cols: int = 400) -> Plan:
     One tile is sized by the planner; the rest are copies with their own id and window (a
     real plan of a uniform raster is exactly that): no I/O, a fraction of a second."""
     edge, block = 512, 256
-    f = raster_file(cols * edge, rows * edge, block)
+    f = big_file(cols * edge, rows * edge, block)
     proto = make_raster_tile(SIZING, f, "r0000c0000", Window(0, 0, edge, edge))
     tiles = tuple(
         Tile(
@@ -379,7 +374,7 @@ def test_plan_status_fields() -> None:
 
 
 def test_plan_status_of_uneven_tiles_reports_the_maximum() -> None:
-    f = raster_file(1536, 1024, 512)  # a 1024 tile and a 512-wide edge tile
+    f = big_file(1536, 1024, 512)  # a 1024 tile and a 512-wide edge tile
     tiles = tuple(
         make_raster_tile(SIZING, f, f"r{r:04d}c{c:04d}", w)
         for r, c, w in raster_grid(1536, 1024, 1024, 512, 512)

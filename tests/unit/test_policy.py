@@ -13,15 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import pytest
+from planbuilders import raster_file, raster_sizing, vector_file, vector_sizing
 
 from gisjob_worker import policy
 from gisjob_worker.errors import EXIT_INPUT, EXIT_MEMORY, EXIT_OK
 from gisjob_worker.planner import (
     Plan,
-    RasterFile,
-    Sizing,
     Tile,
-    VectorFile,
     make_raster_tile,
     make_vector_tile,
     resize_tile,
@@ -40,7 +38,6 @@ from gisjob_worker.policy import (
     job_outcome,
 )
 from gisjob_worker.quantity import round_up_mib
-from gisjob_worker.registry import RasterOutput
 from gisjob_worker.tiles import FeatureRange, Window
 
 MIB = 1024**2
@@ -59,55 +56,6 @@ BPP_ONE_BLOCK = 512
 # ----------------------------------------------------------------------------- builders
 
 
-def raster_sizing(memory: int | None = None) -> Sizing:
-    return Sizing(
-        kind="raster",
-        baseline_bytes=100_000_000,
-        cache_bytes=64 * MIB,
-        headroom=0.2,
-        memory=memory,
-    )
-
-
-def vector_sizing(memory: int | None = None) -> Sizing:
-    return Sizing(
-        kind="vector",
-        baseline_bytes=200_000_000,
-        cache_bytes=64 * MIB,
-        headroom=0.2,
-        memory=memory,
-        memory_factor=3.0,
-    )
-
-
-def raster_file(bpp: int = BPP_WHOLE_TILE, size: int = 2048) -> RasterFile:
-    return RasterFile(
-        index=0,
-        uri="/data/in.tif",
-        width=size,
-        height=size,
-        count=2,
-        block_width=BLOCK,
-        block_height=BLOCK,
-        bands=(1, 2),
-        read_bytes_per_pixel=4,
-        bytes_per_pixel=bpp,
-        output=RasterOutput(count=1, dtype="float32", nodata=-9999.0),
-    )
-
-
-def vector_file(features: int = 1000) -> VectorFile:
-    return VectorFile(
-        index=0,
-        uri="/data/parcels.gpkg",
-        layer="parcels",
-        features=features,
-        first_fid=1,
-        bytes_per_feature=1000.0,
-        crs="EPSG:32633",
-    )
-
-
 def raster_plan(
     window: Window | None = None,
     *,
@@ -117,7 +65,7 @@ def raster_plan(
 ) -> tuple[Plan, Tile]:
     """A one-tile raster plan; the default tile is the whole 2048x2048 raster (16 blocks)."""
     sizing = raster_sizing(memory)
-    f = raster_file(bpp)
+    f = raster_file(2048, block=BLOCK, bytes_per_pixel=bpp)
     win = window or Window(0, 0, f.width, f.height)
     tile = make_raster_tile(sizing, f, tile_id, win)
     plan = Plan("unit-job", "raster", "ndvi", "COG", "d1g3st", sizing, (f,), (tile,))

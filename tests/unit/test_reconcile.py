@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
+from planbuilders import raster_file, raster_sizing, vector_file, vector_sizing
 
 from gisjob_operator.pods import (
     ANNOTATION_HISTORY,
@@ -44,15 +45,11 @@ from gisjob_operator.status import progress_status
 from gisjob_worker import policy
 from gisjob_worker.planner import (
     Plan,
-    RasterFile,
-    Sizing,
     Tile,
-    VectorFile,
     make_raster_tile,
     make_vector_tile,
 )
 from gisjob_worker.quantity import round_up_mib
-from gisjob_worker.registry import RasterOutput
 from gisjob_worker.spec import GisJob, parse_job
 from gisjob_worker.tiles import FeatureRange, feature_ranges, raster_grid
 
@@ -68,22 +65,8 @@ STRATEGIES = ("shrinkChunks", "split", "grow")
 
 def raster_plan(size: int = 2048, tile_size: int = 1024, block: int = 512) -> Plan:
     """A raster of ``size``² pixels cut in ``tile_size`` tiles of ``block`` blocks."""
-    sizing = Sizing(
-        kind="raster", baseline_bytes=100_000_000, cache_bytes=64 * MIB, headroom=0.2, memory=None
-    )
-    f = RasterFile(
-        index=0,
-        uri="/data/in.tif",
-        width=size,
-        height=size,
-        count=2,
-        block_width=block,
-        block_height=block,
-        bands=(1, 2),
-        read_bytes_per_pixel=4,
-        bytes_per_pixel=16,
-        output=RasterOutput(count=1, dtype="float32", nodata=-9999.0),
-    )
+    sizing = raster_sizing()
+    f = raster_file(size, block=block)
     tiles = tuple(
         make_raster_tile(sizing, f, f"r{r:04d}c{c:04d}", w)
         for r, c, w in raster_grid(size, size, tile_size, block, block)
@@ -92,23 +75,8 @@ def raster_plan(size: int = 2048, tile_size: int = 1024, block: int = 512) -> Pl
 
 
 def vector_plan(features: int = 1000, per_tile: int = 500) -> Plan:
-    sizing = Sizing(
-        kind="vector",
-        baseline_bytes=200_000_000,
-        cache_bytes=64 * MIB,
-        headroom=0.2,
-        memory=None,
-        memory_factor=3.0,
-    )
-    f = VectorFile(
-        index=0,
-        uri="/data/parcels.gpkg",
-        layer="parcels",
-        features=features,
-        first_fid=1,
-        bytes_per_feature=1000.0,
-        crs="EPSG:32633",
-    )
+    sizing = vector_sizing()
+    f = vector_file(features)
     tiles = tuple(
         make_vector_tile(sizing, f, f"f{k:06d}", rng)
         for k, rng in enumerate(feature_ranges(f.first_fid, features, per_tile))
