@@ -18,6 +18,8 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 KIB = 1024
 
@@ -127,3 +129,14 @@ def warm_page_cache(path: str | os.PathLike[str], block: int = 8 * 1024**2) -> i
         while chunk := fh.read(block):
             total += len(chunk)
     return total
+
+
+def report_targets(report: dict[str, Any], json_path: Path | None) -> None:
+    """Print the PASS/MISS lines of ``report["targets"]``; save the report as JSON if asked."""
+    print("\nTargets (reported, not asserted)")
+    for t in report["targets"]:
+        print(f"  [{t['status']}] {t['target']}\n         {t['detail']}")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2, default=str))
+        print(f"\nsaved {json_path}")

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import Measurement, run_measured, warm_page_cache
+from _measure import Measurement, report_targets, run_measured, warm_page_cache
 from worker import clean_env, environment, warm_bytecode
 
 MIB = 1024**2
@@ -899,14 +899,8 @@ def main(argv: Sequence[str]) -> int:
         mem = bench_memory(args, demo)
         report["memory"] = [{"job": r.label, "summary": r.summary, "run": r.to_json()} for r in mem]
         report["targets"].extend(memory_targets(mem))
-    print("\nTargets (reported, not asserted)")
-    for t in report["targets"]:
-        print(f"  [{t['status']}] {t['target']}\n         {t['detail']}")
+    report_targets(report, args.json_path)
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average now {_load()}")
-    if args.json_path:
-        args.json_path.parent.mkdir(parents=True, exist_ok=True)
-        args.json_path.write_text(json.dumps(report, indent=2, default=str))
-        print(f"saved {args.json_path}")
     return 0
 
 

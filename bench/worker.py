@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import Measurement, run_measured, warm_page_cache
+from _measure import Measurement, report_targets, run_measured, warm_page_cache
 
 MIB = 1024**2
 BLOCK = 512
@@ -999,13 +999,7 @@ def main(argv: Sequence[str]) -> int:
             "results": [r.to_json() for r in vresults],
         }
         report["targets"].extend(vector_target(vresults))
-    print("\nTargets (reported, not asserted)")
-    for t in report["targets"]:
-        print(f"  [{t['status']}] {t['target']}\n         {t['detail']}")
-    if args.json_path:
-        args.json_path.parent.mkdir(parents=True, exist_ok=True)
-        args.json_path.write_text(json.dumps(report, indent=2, default=str))
-        print(f"\nsaved {args.json_path}")
+    report_targets(report, args.json_path)
     return 0
 
 
