@@ -48,6 +48,8 @@ from pathlib import Path
 # This file is named like the stdlib module ``operator``: ``bench/`` must not shadow it.
 _HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE]
+# the dev cluster and the operator process helper are the cluster tests' own
+sys.path.insert(0, str(Path(_HERE).parent / "tests" / "cluster"))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -56,7 +58,6 @@ import os  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -64,6 +65,8 @@ import urllib.request  # noqa: E402
 from collections import Counter  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
+
+from clusterutil import OperatorProcess  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -81,12 +84,6 @@ Key = tuple[str, str, str, str]  # verb, resource, subresource, code
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wire_size(status: dict[str, Any]) -> int:
@@ -518,43 +515,20 @@ def vm_hwm(pid: int) -> int:
     return 0
 
 
-class OperatorProcess:
-    """``gisjob-operator run`` as the RBAC identity, its RSS sampled in a thread."""
+class SampledOperator(OperatorProcess):
+    """``gisjob-operator run`` as the RBAC identity (the operator's default backoff), ready
+    when its probe and metrics answer, its RSS sampled in a thread."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, logfile: Path, interval: float) -> None:
-        self.kubeconfig = kubeconfig
-        self.namespace = namespace
-        self.logfile = logfile
-        self.interval = interval
-        self.metrics_port = free_port()
-        self.liveness_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, interval: float) -> None:
+        super().__init__(kubeconfig, namespace, log, status_interval=interval, backoff_base=None)
         self.peak_rss = 0
         self.rss_samples = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def start(self, timeout: float = 60.0) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        argv = [
-            str(BIN / "gisjob-operator"),
-            "run",
-            "--namespace",
-            self.namespace,
-            "--metrics-port",
-            str(self.metrics_port),
-            "--liveness-port",
-            str(self.liveness_port),
-            "--status-interval",
-            str(self.interval),
-        ]
-        with open(self.logfile, "ab") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        super().start()
+        assert self.proc is not None
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
@@ -586,22 +560,7 @@ class OperatorProcess:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def tail(self) -> str:
-        try:
-            return self.logfile.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-
-# -------------------------------------------------------------------------- variants
+        super().stop()
 
 
 @dataclass
@@ -653,7 +612,7 @@ class ClusterBench:
         )
 
     def up(self) -> None:
-        sys.path.insert(0, str(REPO / "tests" / "cluster"))
+
         from devcluster import DevCluster, find_binaries
         from kubernetes import config as k8s_config
 
@@ -713,7 +672,7 @@ class ClusterBench:
         (data / "out").mkdir(parents=True)
         core.create_namespace({"metadata": {"name": ns}})
         assert self.identity is not None
-        op = OperatorProcess(
+        op = SampledOperator(
             self.identity, ns, self.state / f"operator-{v.name}.log", self.args.status_interval
         )
         try:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -9,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
+from devcluster import free_port
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
@@ -123,3 +128,80 @@ def terminated(pod: Obj) -> Obj:
     state = pod.status.container_statuses[0].state
     assert state.terminated is not None, state
     return state.terminated
+
+
+class OperatorProcess:
+    """A ``gisjob-operator run`` process watching one namespace (tests and bench/operator.py).
+
+    ``status_interval`` and ``backoff_base`` are short by default so tests finish quickly;
+    ``backoff_base=None`` keeps the operator's own default."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log: Path,
+        *,
+        status_interval: float = 1.0,
+        backoff_base: float | None = 1.0,
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.log = log
+        self.status_interval = status_interval
+        self.backoff_base = backoff_base
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        argv = [
+            str(Path(sys.executable).parent / "gisjob-operator"),
+            "run",
+            "--namespace",
+            self.namespace,
+            "--metrics-port",
+            str(self.metrics_port),
+            "--liveness-port",
+            str(self.liveness_port),
+            "--status-interval",
+            str(self.status_interval),
+        ]
+        if self.backoff_base is not None:
+            argv += ["--backoff-base", str(self.backoff_base)]
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                argv, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL (a crash), waiting until it is gone."""
+        if self.running():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.running():
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""

@@ -19,7 +19,6 @@ runs workers as local processes).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from clusterutil import ClusterHandle, wait_for
+from clusterutil import ClusterHandle, OperatorProcess, wait_for
 from kubernetes import client as k8s
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "monitoring"))
@@ -44,7 +43,6 @@ from promutil import (
     Unavailable,
     binaries,
     finite,
-    free_port,
     load_dashboard,
     samples,
     substitute,
@@ -151,59 +149,6 @@ def _job(name: str, data: Path, src: Path, strategies: list[str]) -> dict[str, A
             },
         },
     }
-
-
-class OperatorProcess:
-    """``gisjob-operator run`` watching one namespace, with the admin kubeconfig."""
-
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
-        self.kubeconfig = kubeconfig
-        self.namespace = namespace
-        self.metrics_port = free_port()
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(
-                [
-                    str(BIN / "gisjob-operator"),
-                    "run",
-                    "--namespace",
-                    self.namespace,
-                    "--metrics-port",
-                    str(self.metrics_port),
-                    "--liveness-port",
-                    str(free_port()),
-                    "--status-interval",
-                    "1",
-                    "--backoff-base",
-                    "1",
-                ],
-                env=env,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
 
 
 def _value(prom: Prometheus, expr: str) -> float | None:

@@ -9,9 +9,6 @@ the same paths.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from clusterutil import Api, ClusterHandle, unique, wait_for
+from clusterutil import Api, ClusterHandle, OperatorProcess, unique, wait_for
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 
@@ -31,12 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GROUP, VERSION, PLURAL = "gisjob.dev", "v1alpha1", "gisjobs"
 MIB = 1024**2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def kubectl(
@@ -50,65 +41,6 @@ def kubectl(
         timeout=60,
         check=False,
     )
-
-
-class Operator:
-    """A ``gisjob-operator run`` process watching one namespace."""
-
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
-        self.kubeconfig = kubeconfig
-        self.namespace = namespace
-        self.log = log
-        self.metrics_port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "GISJOB_BACKOFF_BASE": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    str(BIN / "gisjob-operator"),
-                    "run",
-                    "--namespace",
-                    self.namespace,
-                    "--metrics-port",
-                    str(self.metrics_port),
-                    "--liveness-port",
-                    str(_free_port()),
-                    "--status-interval",
-                    "1",
-                    "--backoff-base",
-                    "1",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def tail(self) -> str:
-        try:
-            return self.log.read_text()[-4000:]
-        except OSError:
-            return ""
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +77,8 @@ def setup(
 
 
 @pytest.fixture(scope="module")
-def operator(setup: dict[str, Any]) -> Iterator[Operator]:
-    op = Operator(setup["identity"], setup["namespace"], setup["dir"] / "operator.log")
+def operator(setup: dict[str, Any]) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(setup["identity"], setup["namespace"], setup["dir"] / "operator.log")
     op.start()
     yield op
     op.stop()
@@ -200,7 +132,11 @@ def get_job(setup: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def wait_phase(
-    setup: dict[str, Any], op: Operator, name: str, phases: tuple[str, ...], timeout: float = 120
+    setup: dict[str, Any],
+    op: OperatorProcess,
+    name: str,
+    phases: tuple[str, ...],
+    timeout: float = 120,
 ) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         job = get_job(setup, name)
@@ -298,7 +234,7 @@ def test_invalid_specs_are_rejected_at_apply(setup: dict[str, Any]) -> None:
 
 
 def test_spec_the_schema_accepts_but_the_model_rejects_fails_once(
-    setup: dict[str, Any], operator: Operator
+    setup: dict[str, Any], operator: OperatorProcess
 ) -> None:
     doc = _job(
         "twosources",
@@ -320,7 +256,7 @@ def test_spec_the_schema_accepts_but_the_model_rejects_fails_once(
 
 
 def test_demo_jobs_succeed_with_outputs_equal_to_local_runs(
-    setup: dict[str, Any], operator: Operator
+    setup: dict[str, Any], operator: OperatorProcess
 ) -> None:
     data = _demo(setup["dir"] / "demo")
     raster = _job(
@@ -449,7 +385,7 @@ def _skewed_vectors(folder: Path) -> Path:
 
 
 def test_tile_oom_killed_by_its_cgroup_recovers_by_growing(
-    setup: dict[str, Any], operator: Operator
+    setup: dict[str, Any], operator: OperatorProcess
 ) -> None:
     node = setup["core"].read_node("gisjob-dev-node")
     if (node.metadata.annotations or {}).get("gisjob.dev/memory-limits") in (None, "none"):
@@ -537,7 +473,7 @@ def _assert_each_tile_ran_once(recorder: PodRecorder, name: str, tiles: int, out
 
 
 def test_operator_sigkilled_mid_job_restarts_without_duplicates(
-    setup: dict[str, Any], operator: Operator
+    setup: dict[str, Any], operator: OperatorProcess
 ) -> None:
     doc = _many_tiles(setup, "restart")
     recorder = PodRecorder(setup)
@@ -555,7 +491,7 @@ def test_operator_sigkilled_mid_job_restarts_without_duplicates(
 
 
 def test_api_server_restart_mid_job(
-    setup: dict[str, Any], operator: Operator, cluster: ClusterHandle
+    setup: dict[str, Any], operator: OperatorProcess, cluster: ClusterHandle
 ) -> None:
     if cluster.dev is None:
         pytest.skip("restarting the API server needs the dev control plane")
@@ -572,7 +508,9 @@ def test_api_server_restart_mid_job(
     _assert_each_tile_ran_once(recorder, "apirestart", 9, Path(doc["spec"]["output"]["uri"]))
 
 
-def test_suspend_stops_pods_and_resume_completes(setup: dict[str, Any], operator: Operator) -> None:
+def test_suspend_stops_pods_and_resume_completes(
+    setup: dict[str, Any], operator: OperatorProcess
+) -> None:
     doc = _many_tiles(setup, "suspend")
     assert apply(setup, doc).returncode == 0
     wait_for(lambda: job_pods(setup, "suspend"), timeout=60, what="suspend pods")
@@ -594,7 +532,7 @@ def test_suspend_stops_pods_and_resume_completes(setup: dict[str, Any], operator
     assert done["status"]["phase"] == "Succeeded"
 
 
-def test_ttl_deletes_a_finished_job(setup: dict[str, Any], operator: Operator) -> None:
+def test_ttl_deletes_a_finished_job(setup: dict[str, Any], operator: OperatorProcess) -> None:
     data = setup["dir"] / "ttl"
     data.mkdir(exist_ok=True)
     from gisjob_worker.demo import write_raster
@@ -625,7 +563,9 @@ def test_ttl_deletes_a_finished_job(setup: dict[str, Any], operator: Operator) -
     assert (data / "out" / "manifest.json").exists()
 
 
-def test_deleting_a_job_mid_run_removes_its_pods(setup: dict[str, Any], operator: Operator) -> None:
+def test_deleting_a_job_mid_run_removes_its_pods(
+    setup: dict[str, Any], operator: OperatorProcess
+) -> None:
     doc = _many_tiles(setup, "deleteme")
     assert apply(setup, doc).returncode == 0
     wait_for(lambda: job_pods(setup, "deleteme"), timeout=60, what="deleteme pods")
