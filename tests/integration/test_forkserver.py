@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from worker_helpers import GISJOB, budget_mib, free_port, job_doc, make_raster, run_cli, write_job
+from worker_helpers import GISJOB, budget_mib, free_port, ndvi_job, run_cli
 
 from gisjob_worker.cgroup import create_child
 from gisjob_worker.forkserver import ForkServer, ForkServerError
@@ -23,19 +23,13 @@ MIB = 1024**2
 
 
 def _job(tmp_path: Path, width: int = 2048, tile: int = 1024, name: str = "fs") -> Path:
-    src = tmp_path / "in.tif"
-    if not src.exists():
-        make_raster(src, width, width, count=4, block=256)
-    return write_job(
-        tmp_path / f"{name}.yaml",
-        job_doc(
-            name,
-            {"uri": str(src)},
-            {"name": "ndvi", "params": {"nir": 4, "red": 3}},
-            {"uri": str(tmp_path / f"out-{name}"), "format": "GTiff"},
-            tiling={"tileSize": tile},
-            resources={"memory": budget_mib("raster", 8, 48), "gdalCacheMax": "8Mi"},
-        ),
+    return ndvi_job(
+        tmp_path,
+        name,
+        tmp_path / f"out-{name}",
+        width=width,
+        tile=tile,
+        resources={"memory": budget_mib("raster", 8, 48), "gdalCacheMax": "8Mi"},
     )
 
 

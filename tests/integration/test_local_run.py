@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from worker_helpers import GISJOB, job_doc, make_raster, run_cli, write_job
+from worker_helpers import GISJOB, job_doc, make_raster, ndvi_job, run_cli, write_job
 
 pytestmark = pytest.mark.slow
 MIB = 1024**2
@@ -244,19 +244,8 @@ def _tile_files(out: Path) -> dict[str, bytes]:
 
 
 def _slow_job(tmp_path: Path, name: str) -> Path:
-    src = tmp_path / "in.tif"
-    if not src.exists():
-        make_raster(src, 2048, 2048, count=4, block=256)
-    return write_job(
-        tmp_path / f"{name}.yaml",
-        job_doc(
-            name,
-            {"uri": str(src)},
-            {"name": "ndvi", "params": {"nir": 4, "red": 3}},
-            {"uri": str(tmp_path / name), "format": "COG"},
-            tiling={"tileSize": 512},
-            resources={"gdalCacheMax": "4Mi"},
-        ),
+    return ndvi_job(
+        tmp_path, name, tmp_path / name, tile=512, fmt="COG", resources={"gdalCacheMax": "4Mi"}
     )
 
 

@@ -122,3 +122,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def ndvi_job(
+    folder: Path,
+    name: str,
+    out: Path,
+    *,
+    width: int = 2048,
+    tile: int = 1024,
+    fmt: str = "GTiff",
+    resources: dict[str, Any] | None = None,
+) -> Path:
+    """``folder/NAME.yaml``: ndvi (bands 4 and 3) over ``folder/in.tif``, a ``width``² 4-band
+    raster written on first use, cut in ``tile`` tiles, output to ``out``."""
+    src = folder / "in.tif"
+    if not src.exists():
+        make_raster(src, width, width, count=4, block=256)
+    return write_job(
+        folder / f"{name}.yaml",
+        job_doc(
+            name,
+            {"uri": str(src)},
+            {"name": "ndvi", "params": {"nir": 4, "red": 3}},
+            {"uri": str(out), "format": fmt},
+            tiling={"tileSize": tile},
+            resources=resources or {},
+        ),
+    )
