@@ -47,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import Measurement, report_targets, run_measured, warm_page_cache
-from worker import clean_env, environment, warm_bytecode
+from worker import clean_env, environment, plan_of, warm_bytecode
 
 MIB = 1024**2
 RUN_TIMEOUT = 1800.0
@@ -121,21 +121,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def plan_of(job: Path) -> dict[str, Any]:
-    """``gisjob plan --json`` (untimed; it also measures the import baseline once)."""
-    proc = subprocess.run(
-        [*_gisjob(), "plan", str(job), "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=clean_env(),
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"gisjob plan {job} failed: {proc.stderr.strip()}")
-    plan: dict[str, Any] = json.loads(proc.stdout)
-    return plan
 
 
 # ======================================================================== one gisjob run
