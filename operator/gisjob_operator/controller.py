@@ -20,7 +20,8 @@ from typing import Any
 from gisjob_worker import finalize, policy
 from gisjob_worker.errors import GisJobError, InputError, SpecError
 from gisjob_worker.finalize import TileEntry
-from gisjob_worker.planner import Plan, Tile, build_plan
+from gisjob_worker.plan import Plan, Tile
+from gisjob_worker.planner import build_plan
 from gisjob_worker.quantity import format_bytes
 from gisjob_worker.spec import GisJob, parse_job
 

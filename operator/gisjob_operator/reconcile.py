@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gisjob_worker import policy
-from gisjob_worker.planner import Plan, Tile, split_tile
+from gisjob_worker.plan import Plan, Tile, split_tile
 from gisjob_worker.quantity import to_quantity
 
 from .pods import (

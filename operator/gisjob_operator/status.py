@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gisjob_worker.planner import Plan
+from gisjob_worker.plan import Plan
 from gisjob_worker.quantity import round_up_mib, to_quantity
 
 from .ranges import encode

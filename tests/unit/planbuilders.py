@@ -3,8 +3,7 @@ directly from the planner's dataclasses, no I/O."""
 
 from __future__ import annotations
 
-from gisjob_worker.planner import RasterFile, Sizing, VectorFile
-from gisjob_worker.registry import RasterOutput
+from gisjob_worker.plan import RasterFile, RasterOutput, Sizing, VectorFile
 
 MIB = 1024**2
 BASELINE_RASTER = 100_000_000

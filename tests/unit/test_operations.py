@@ -21,7 +21,8 @@ from gisjob_worker.operations.raster import (
     default_nodata,
 )
 from gisjob_worker.operations.vector import FILTER, FilterParams
-from gisjob_worker.registry import RasterOutput, RasterSource, VectorRead
+from gisjob_worker.plan import RasterOutput
+from gisjob_worker.registry import RasterSource, VectorRead
 
 
 def src(count: int = 3, dtype: str = "uint16", nodata: float | None = None) -> RasterSource:

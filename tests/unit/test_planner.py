@@ -12,14 +12,8 @@ import pytest
 
 from gisjob_worker import memory
 from gisjob_worker.errors import EXIT_INPUT, InputError, SpecError
-from gisjob_worker.planner import (
-    RasterFile,
-    VectorFile,
-    build_plan,
-    plan_for_tile,
-    resolve_subtile,
-    split_tile,
-)
+from gisjob_worker.plan import RasterFile, VectorFile, resolve_subtile, split_tile
+from gisjob_worker.planner import build_plan, plan_for_tile
 from gisjob_worker.spec import GisJob, load_job
 from gisjob_worker.tiles import FeatureRange, Window
 

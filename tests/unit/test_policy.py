@@ -17,7 +17,7 @@ from planbuilders import raster_file, raster_sizing, vector_file, vector_sizing
 
 from gisjob_worker import policy
 from gisjob_worker.errors import EXIT_INPUT, EXIT_MEMORY, EXIT_OK
-from gisjob_worker.planner import (
+from gisjob_worker.plan import (
     Plan,
     Tile,
     make_raster_tile,

@@ -43,7 +43,7 @@ from gisjob_operator.reconcile import (
 )
 from gisjob_operator.status import progress_status
 from gisjob_worker import policy
-from gisjob_worker.planner import (
+from gisjob_worker.plan import (
     Plan,
     Tile,
     make_raster_tile,

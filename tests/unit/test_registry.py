@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gisjob_worker.registry import Params, RasterOperation, RasterOutput
+from gisjob_worker.plan import RasterOutput
+from gisjob_worker.registry import Params, RasterOperation
 
 
 class InvertParams(Params):

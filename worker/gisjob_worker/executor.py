@@ -29,7 +29,7 @@ from .cgroup import ChildCgroup, create_child
 from .errors import InputError
 from .finalize import TileEntry
 from .forkserver import ForkedWorker, ForkServer, ForkServerError
-from .planner import Plan, Tile, split_tile
+from .plan import Plan, Tile, split_tile
 from .quantity import format_bytes
 from .spec import GisJob
 

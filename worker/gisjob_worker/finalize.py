@@ -14,7 +14,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from . import outputs
-from .planner import Plan, RasterFile, Tile
+from .plan import Plan, RasterFile, Tile
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -158,7 +158,7 @@ def mosaic_vrt(
 
 def write_mosaics(plan: Plan, out_dir: Path, succeeded: dict[str, tuple[Tile, str]]) -> list[str]:
     """One mosaic VRT per input file (``mosaic.vrt``; ``mosaic-i0002.vrt`` for many files)."""
-    from .planner import open_raster_source
+    from .inputs import open_raster_source
 
     written: list[str] = []
     multi = len(plan.files) > 1

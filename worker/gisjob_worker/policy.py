@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import EXIT_INPUT, EXIT_MEMORY, EXIT_OK
-from .planner import Plan, Tile, can_shrink, resize_tile, split_tile
+from .plan import Plan, Tile, can_shrink, resize_tile, split_tile
 from .quantity import round_up_mib
 from .spec import GisJobSpec
 

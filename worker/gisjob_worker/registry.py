@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import SpecError
+from .plan import RasterOutput
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -44,13 +45,6 @@ class RasterSource:
     nodata: float | None
     width: int
     height: int
-
-
-@dataclass(frozen=True)
-class RasterOutput:
-    count: int
-    dtype: str
-    nodata: float
 
 
 class Operation(ABC, Generic[P]):

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from ..registry import OutputDtype, Params, RasterOperation, RasterOutput, RasterSource
+from ..plan import RasterOutput
+from ..registry import OutputDtype, Params, RasterOperation, RasterSource
 from .expression import parse_expression
 
 FLOAT_NODATA = -9999.0

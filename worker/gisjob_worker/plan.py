@@ -1,0 +1,361 @@
+"""The plan (pure): files, tiles and their sizing, and how tiles split or shrink.
+
+Everything here is computed from what a :class:`Plan` holds — no dataset is opened — so the
+operator, the policy and the workers derive the same tiles, sub-tiles and memory requests
+from one plan. Reading the input's metadata is :mod:`inputs`; building a plan is
+:mod:`planner`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import memory
+from .errors import InputError, SpecError
+from .memory import ChunkShape, Kind
+from .quantity import format_bytes
+from .tiles import (
+    FeatureRange,
+    Window,
+    chunk_count,
+    parse_tile_id,
+    split_range,
+    split_window,
+)
+
+
+@dataclass(frozen=True)
+class RasterOutput:
+    """Output band count, dtype and nodata of a raster operation."""
+
+    count: int
+    dtype: str
+    nodata: float
+
+
+MASK_BYTES_PER_PIXEL = 2  # the validity mask and one comparison temporary
+
+
+@dataclass(frozen=True)
+class RasterFile:
+    index: int
+    uri: str
+    width: int
+    height: int
+    count: int
+    block_width: int
+    block_height: int
+    bands: tuple[int, ...]
+    read_bytes_per_pixel: int
+    bytes_per_pixel: int
+    output: RasterOutput
+
+
+@dataclass(frozen=True)
+class VectorFile:
+    index: int
+    uri: str
+    layer: str | None
+    features: int
+    first_fid: int
+    bytes_per_feature: float
+    crs: str | None
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What the memory model needs, kept in the plan so policy and workers reuse it."""
+
+    kind: Kind
+    baseline_bytes: int
+    cache_bytes: int
+    headroom: float
+    memory: int | None  # resources.memory, when the user gave it
+    memory_factor: float = 1.0  # vectors: working bytes per batch byte
+
+
+@dataclass(frozen=True)
+class Tile:
+    id: str
+    file_index: int
+    window: Window | None
+    fids: FeatureRange | None
+    chunk: ChunkShape | None
+    batch_rows: int | None
+    chunks: int
+    estimated_peak_bytes: int
+    memory_request_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"id": self.id, "file": self.file_index}
+        if self.window is not None:
+            w = self.window
+            d["window"] = {
+                "colOff": w.col_off,
+                "rowOff": w.row_off,
+                "width": w.width,
+                "height": w.height,
+            }
+        if self.fids is not None:
+            d["fids"] = {
+                "start": self.fids.start,
+                "stop": self.fids.stop,
+                "features": self.fids.features,
+            }
+        if self.chunk is not None:
+            d["chunk"] = {"width": self.chunk.width, "height": self.chunk.height}
+        if self.batch_rows is not None:
+            d["batchRows"] = self.batch_rows
+        d["chunks"] = self.chunks
+        d["estimatedPeakBytes"] = self.estimated_peak_bytes
+        d["memoryRequestBytes"] = self.memory_request_bytes
+        return d
+
+
+@dataclass(frozen=True)
+class Plan:
+    job: str
+    kind: Kind
+    operation: str
+    output_format: str
+    digest: str
+    sizing: Sizing
+    files: tuple[RasterFile | VectorFile, ...]
+    tiles: tuple[Tile, ...]
+    _by_id: dict[str, Tile] = field(default_factory=dict, compare=False, repr=False)
+
+    def tile(self, tile_id: str) -> Tile:
+        if not self._by_id:
+            self._by_id.update({t.id: t for t in self.tiles})
+        try:
+            return self._by_id[tile_id]
+        except KeyError:
+            return resolve_subtile(self, tile_id)
+
+    @property
+    def max_estimate(self) -> int:
+        return max((t.estimated_peak_bytes for t in self.tiles), default=0)
+
+    @property
+    def max_request(self) -> int:
+        return max((t.memory_request_bytes for t in self.tiles), default=0)
+
+    def to_json(self) -> dict[str, Any]:
+        files: list[dict[str, Any]] = []
+        for f in self.files:
+            if isinstance(f, RasterFile):
+                files.append(
+                    {
+                        "index": f.index,
+                        "uri": f.uri,
+                        "width": f.width,
+                        "height": f.height,
+                        "blockWidth": f.block_width,
+                        "blockHeight": f.block_height,
+                        "bands": list(f.bands),
+                        "bytesPerPixel": f.bytes_per_pixel,
+                    }
+                )
+            else:
+                files.append(
+                    {
+                        "index": f.index,
+                        "uri": f.uri,
+                        "layer": f.layer,
+                        "features": f.features,
+                        "bytesPerFeature": round(f.bytes_per_feature, 1),
+                    }
+                )
+        return {
+            "job": self.job,
+            "kind": self.kind,
+            "operation": self.operation,
+            "outputFormat": self.output_format,
+            "digest": self.digest,
+            "baselineBytes": self.sizing.baseline_bytes,
+            "gdalCacheBytes": self.sizing.cache_bytes,
+            "memoryHeadroom": self.sizing.headroom,
+            "files": files,
+            "tiles": [t.to_json() for t in self.tiles],
+            "totals": {
+                "tiles": len(self.tiles),
+                "estimatedPeakBytes": self.max_estimate,
+                "memoryRequestBytes": self.max_request,
+                "sumMemoryRequestBytes": sum(t.memory_request_bytes for t in self.tiles),
+            },
+        }
+
+
+# ------------------------------------------------------------------------------ sizing
+
+
+def size_raster(
+    sizing: Sizing, f: RasterFile, window: Window, chunk_scale: float = 1.0
+) -> tuple[ChunkShape, int, int]:
+    """(chunk, estimate, request) for a raster tile; raises SpecError if nothing fits."""
+    bpp = f.bytes_per_pixel
+    if sizing.memory is not None:
+        budget = memory.usable_for(sizing.memory, sizing.headroom)
+        max_px = memory.chunk_pixel_budget(budget, sizing.baseline_bytes, sizing.cache_bytes, bpp)
+    else:
+        max_px = memory.DEFAULT_CHUNK_BYTES // bpp
+    if chunk_scale < 1.0:  # half the chunk, not half a budget larger than the tile
+        max_px = int(min(max_px, window.pixels) * chunk_scale)
+    one_block = min(f.block_width, window.width) * min(f.block_height, window.height)
+    if sizing.memory is None or chunk_scale < 1.0:
+        max_px = max(max_px, one_block)
+    chunk = memory.fit_chunk(max_px, window.width, window.height, f.block_width, f.block_height)
+    if chunk is None:
+        needed = memory.request_for(
+            memory.raster_estimate(sizing.baseline_bytes, sizing.cache_bytes, one_block, bpp),
+            sizing.headroom,
+        )
+        raise SpecError(
+            f"spec.resources.memory: {format_bytes(sizing.memory or 0)} is below this job's "
+            f"minimum of {format_bytes(needed)} (import baseline "
+            f"{format_bytes(sizing.baseline_bytes)} + GDAL cache {format_bytes(sizing.cache_bytes)}"
+            f" + one {f.block_width}x{f.block_height} block at {bpp} B/pixel, + headroom)"
+        )
+    estimate = memory.raster_estimate(sizing.baseline_bytes, sizing.cache_bytes, chunk.pixels, bpp)
+    request = (
+        sizing.memory
+        if sizing.memory is not None
+        else memory.request_for(estimate, sizing.headroom)
+    )
+    return chunk, estimate, request
+
+
+def size_vector(
+    sizing: Sizing, f: VectorFile, rng: FeatureRange, chunk_scale: float = 1.0
+) -> tuple[int, int, int]:
+    """(batch rows, estimate, request) for a vector tile."""
+    bpf, factor = f.bytes_per_feature, sizing.memory_factor
+    if sizing.memory is not None:
+        budget = memory.usable_for(sizing.memory, sizing.headroom)
+        rows = memory.batch_rows_for(budget, sizing.baseline_bytes, sizing.cache_bytes, bpf, factor)
+        if rows < memory.MIN_BATCH_ROWS:
+            need = memory.request_for(
+                memory.vector_estimate(
+                    sizing.baseline_bytes, sizing.cache_bytes, memory.MIN_BATCH_ROWS, bpf, factor
+                ),
+                sizing.headroom,
+            )
+            raise SpecError(
+                f"spec.resources.memory: {format_bytes(sizing.memory)} is below this job's "
+                f"minimum of {format_bytes(need)} (import baseline "
+                f"{format_bytes(sizing.baseline_bytes)} + GDAL cache "
+                f"{format_bytes(sizing.cache_bytes)} + {memory.MIN_BATCH_ROWS} features, "
+                f"+ headroom)"
+            )
+    else:
+        rows = int(memory.DEFAULT_CHUNK_BYTES / (bpf * factor))
+    rows = max(1, min(rows, memory.MAX_BATCH_ROWS, max(1, rng.features)))
+    if chunk_scale < 1.0:
+        rows = max(1, int(rows * chunk_scale))
+    estimate = memory.vector_estimate(sizing.baseline_bytes, sizing.cache_bytes, rows, bpf, factor)
+    request = (
+        sizing.memory
+        if sizing.memory is not None
+        else memory.request_for(estimate, sizing.headroom)
+    )
+    return rows, estimate, request
+
+
+def make_raster_tile(
+    sizing: Sizing, f: RasterFile, tile_id: str, window: Window, chunk_scale: float = 1.0
+) -> Tile:
+    chunk, est, req = size_raster(sizing, f, window, chunk_scale)
+    return Tile(
+        id=tile_id,
+        file_index=f.index,
+        window=window,
+        fids=None,
+        chunk=chunk,
+        batch_rows=None,
+        chunks=chunk_count(window, chunk),
+        estimated_peak_bytes=est,
+        memory_request_bytes=req,
+    )
+
+
+def make_vector_tile(
+    sizing: Sizing, f: VectorFile, tile_id: str, rng: FeatureRange, chunk_scale: float = 1.0
+) -> Tile:
+    rows, est, req = size_vector(sizing, f, rng, chunk_scale)
+    return Tile(
+        id=tile_id,
+        file_index=f.index,
+        window=None,
+        fids=rng,
+        chunk=None,
+        batch_rows=rows,
+        chunks=max(1, math.ceil(rng.features / rows)),
+        estimated_peak_bytes=est,
+        memory_request_bytes=req,
+    )
+
+
+# ------------------------------------------------------------------------ sub-tiles
+
+
+def split_tile(plan: Plan, tile: Tile) -> list[Tile] | None:
+    """The sub-tiles of ``tile`` (4 block-aligned quadrants or 2 feature halves), or None
+    when it cannot be split further. Pure: uses only what the plan holds."""
+    f = plan.files[tile.file_index]
+    if isinstance(f, RasterFile):
+        assert tile.window is not None
+        parts = split_window(tile.window, f.block_width, f.block_height)
+        if parts is None:
+            return None
+        return [make_raster_tile(plan.sizing, f, f"{tile.id}-{s}", w) for s, w in parts]
+    assert tile.fids is not None
+    halves = split_range(tile.fids)
+    if halves is None:
+        return None
+    return [make_vector_tile(plan.sizing, f, f"{tile.id}-{s}", r) for s, r in halves]
+
+
+def resize_tile(plan: Plan, tile: Tile, chunk_scale: float) -> Tile:
+    """The same tile with its chunk scaled down (shrinkChunks), estimate recomputed."""
+    f = plan.files[tile.file_index]
+    if isinstance(f, RasterFile):
+        assert tile.window is not None
+        return make_raster_tile(plan.sizing, f, tile.id, tile.window, chunk_scale)
+    assert tile.fids is not None
+    return make_vector_tile(plan.sizing, f, tile.id, tile.fids, chunk_scale)
+
+
+def resolve_subtile(plan: Plan, tile_id: str) -> Tile:
+    """A tile by id, following ``-qN``/``-hN`` split suffixes from its planned parent."""
+    try:
+        tid = parse_tile_id(tile_id)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if not tid.splits:
+        raise InputError(f"tile {tile_id!r} is not in the plan ({len(plan.tiles)} tiles)")
+    parent = plan.tile(str(tid.parent))
+    children = split_tile(plan, parent) or []
+    for child in children:
+        if child.id == tile_id:
+            return child
+    raise InputError(f"tile {tile_id!r}: its parent {parent.id} has no such part")
+
+
+def can_shrink(plan: Plan, tile: Tile, chunk_scale: float) -> bool:
+    """Whether halving the chunk again still makes it smaller."""
+    smaller = resize_tile(plan, tile, chunk_scale)
+    if tile.chunk is not None and smaller.chunk is not None:
+        return smaller.chunk.pixels < tile.chunk.pixels
+    return (
+        smaller.batch_rows is not None
+        and tile.batch_rows is not None
+        and (smaller.batch_rows < tile.batch_rows)
+    )
+
+
+def placeholder_file(index: int, uri: str, kind: Kind) -> RasterFile | VectorFile:
+    if kind == "raster":
+        return RasterFile(index, uri, 0, 0, 0, 1, 1, (), 0, 1, RasterOutput(1, "float32", 0.0))
+    return VectorFile(index, uri, None, 0, 0, 1.0, None)
