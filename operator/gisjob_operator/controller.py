@@ -23,12 +23,12 @@ from gisjob_worker.finalize import TileEntry
 from gisjob_worker.plan import Plan, Tile
 from gisjob_worker.planner import build_plan
 from gisjob_worker.quantity import format_bytes
+from gisjob_worker.ranges import compress
 from gisjob_worker.spec import GisJob, parse_job
 
 from .kube import Kube
 from .metrics import OperatorMetrics
 from .pods import PodLaunch, build_worker_pod, pod_name
-from .ranges import compress
 from .reconcile import Actions, PodView, Progress, TileTree, now_iso, pod_view, reconcile
 from .settings import OperatorSettings
 from .status import TERMINAL, plan_status, progress_status, set_condition

@@ -24,6 +24,7 @@ from typing import Any
 from gisjob_worker import policy
 from gisjob_worker.plan import Plan, Tile, split_tile
 from gisjob_worker.quantity import to_quantity
+from gisjob_worker.ranges import decode
 
 from .pods import (
     ANNOTATION_CHUNK_SCALE,
@@ -33,7 +34,6 @@ from .pods import (
     LABEL_TILE,
     PodLaunch,
 )
-from .ranges import decode
 
 FINISHED = ("Succeeded", "Failed")
 

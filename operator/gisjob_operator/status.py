@@ -6,8 +6,8 @@ from typing import Any
 
 from gisjob_worker.plan import Plan
 from gisjob_worker.quantity import round_up_mib, to_quantity
+from gisjob_worker.ranges import encode
 
-from .ranges import encode
 from .reconcile import Actions, Progress
 
 TERMINAL = ("Succeeded", "Failed")

@@ -17,12 +17,12 @@ from planbuilders import raster_file, raster_sizing
 
 from gisjob_operator.crd import build_crd
 from gisjob_operator.pods import pod_name
-from gisjob_operator.ranges import compress, expand
 from gisjob_operator.reconcile import Actions, PodView, Progress, TileTree, reconcile
 from gisjob_operator.status import TERMINAL, plan_status, progress_status, set_condition
 from gisjob_worker import policy
 from gisjob_worker.plan import Plan, RasterFile, Tile, make_raster_tile
 from gisjob_worker.quantity import parse_quantity
+from gisjob_worker.ranges import compress, expand
 from gisjob_worker.tiles import Window, raster_grid
 
 MIB = 1024**2

@@ -198,7 +198,7 @@ def test_built_plans_have_the_shapes_these_tests_rely_on() -> None:
     [
         (0, False, None),
         (EXIT_MEMORY, False, "memory"),
-        (137, False, "memory"),
+        (137, False, "disruption"),
         (0, True, "memory"),
         (1, True, "memory"),
         (EXIT_INPUT, True, "memory"),
@@ -451,10 +451,9 @@ def test_backoff_limit_exhausted_is_independent_of_memory_strategies_left() -> N
 
 @pytest.mark.parametrize(
     "outcome",
-    [MEM, (137, False), OOM, (0, True), (1, True), (None, True), (EXIT_INPUT, True)],
+    [MEM, OOM, (0, True), (1, True), (None, True), (EXIT_INPUT, True)],
     ids=[
         "exit3",
-        "exit137",
         "oomkilled-137",
         "oomkilled-0",
         "oomkilled-1",
@@ -872,11 +871,43 @@ def test_shrink_after_a_grow_starts_from_the_last_scale() -> None:
 
 def test_empty_strategy_list_fails_at_once_on_memory(plan_tile: tuple[Plan, Tile]) -> None:
     plan, tile = plan_tile
-    for outcome in (MEM, OOM, (137, False)):
+    for outcome in (MEM, OOM):
         d = final(plan, tile, config(strategies=()), [outcome])
         assert isinstance(d, Fail)
         assert "tried: none" in d.reason
         assert "out of memory" in d.reason
+
+
+@pytest.mark.parametrize("exit_code", [137, -9, None, 143])
+def test_disruption_relaunches_as_it_was_without_memory_strategy_or_backoff(
+    exit_code: int | None,
+) -> None:
+    """A kill that is not a confirmed OOM (eviction, preemption, SIGKILL, node loss): the
+    same memory and chunk again, never shrink/split/grow, not counted against backoffLimit."""
+    plan, tile = raster_plan()
+    cfg = config(backoff_limit=0, strategies=DEFAULT_ORDER)
+    attempts = [
+        Attempt(
+            tile.id,
+            n,
+            tile.memory_request_bytes,
+            1.0,
+            "initial" if n == 0 else "disrupted",
+            exit_code,
+            oom_killed=False,
+            disrupted=True,
+        )
+        for n in range(3)
+    ]
+    d = policy.decide(plan, tile, attempts, cfg)
+    assert d == Launch(tile, 3, tile.memory_request_bytes, 1.0, "disrupted")
+    assert attempts[-1].failure == "disruption"
+    # bounded: a tile that is disrupted every time ends
+    many = [
+        Attempt(tile.id, n, tile.memory_request_bytes, 1.0, "disrupted", 137, disrupted=True)
+        for n in range(policy.MAX_DISRUPTIONS + 1)
+    ]
+    assert isinstance(policy.decide(plan, tile, many, cfg), Fail)
 
 
 def test_empty_strategy_list_still_retries_errors() -> None:

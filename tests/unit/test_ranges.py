@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from gisjob_operator.ranges import (
+from gisjob_worker.ranges import (
     BITMAP_PREFIX,
     RANGES_LIMIT,
     compress,

@@ -29,7 +29,6 @@ from gisjob_operator.pods import (
     build_worker_pod,
     pod_name,
 )
-from gisjob_operator.ranges import expand
 from gisjob_operator.reconcile import (
     Actions,
     PodView,
@@ -50,6 +49,7 @@ from gisjob_worker.plan import (
     make_vector_tile,
 )
 from gisjob_worker.quantity import round_up_mib
+from gisjob_worker.ranges import expand
 from gisjob_worker.spec import GisJob, parse_job
 from gisjob_worker.tiles import FeatureRange, feature_ranges, raster_grid
 

@@ -8,7 +8,12 @@ Rules (DESIGN §2, §4):
 
 - exit 0 → the tile is done;
 - exit 2 (input/spec error) → the tile fails at once, never retried;
-- exit 3 or an OOM kill (exit 137 / ``OOMKilled``) → the next strategy of
+- a disruption — the attempt was killed by something other than its own memory or input
+  (eviction, preemption, node loss, a ``DisruptionTarget`` condition, SIGKILL without an
+  OOM the cgroup or kernel confirms, exit 137 without ``OOMKilled``) → relaunched as it
+  was: never a memory failure, never counted against ``retry.backoffLimit`` (Kubernetes'
+  podFailurePolicy ``Ignore`` on ``DisruptionTarget``);
+- exit 3 or a confirmed OOM kill (``OOMKilled``, the cgroup's OOM counter) → the next strategy of
   ``retry.onOutOfMemory`` in order: ``shrinkChunks`` (same memory, half the chunk),
   ``split`` (4 block-aligned sub-tiles, or 2 feature halves), ``grow`` (memory × 1.5, capped
   at ``resources.maxMemory``); a strategy that cannot apply (a one-block chunk, a one-block
@@ -31,9 +36,12 @@ GROW_FACTOR = 1.5
 SHRINK_FACTOR = 0.5
 DEFAULT_GROW_CAP = 4  # without resources.maxMemory, growth stops at 4x the planned request
 EXIT_OOM_KILLED = 137
+# a bound on relaunches after disruptions (they do not count against backoffLimit, but a tile
+# that is killed every single time — e.g. a node that always dies — must end)
+MAX_DISRUPTIONS = 20
 
-Strategy = Literal["initial", "retry", "shrinkChunks", "split", "grow"]
-FailureKind = Literal["memory", "input", "error"]
+Strategy = Literal["initial", "retry", "disrupted", "shrinkChunks", "split", "grow"]
+FailureKind = Literal["memory", "input", "error", "disruption"]
 
 
 @dataclass(frozen=True)
@@ -46,14 +54,17 @@ class Attempt:
     chunk_scale: float
     strategy: Strategy
     exit_code: int | None  # None: killed by a signal with no code
-    oom_killed: bool = False
+    oom_killed: bool = False  # an OOM kill confirmed by the runtime, cgroup or kernel
+    disrupted: bool = False  # killed for reasons not the tile's own (eviction, node loss, …)
 
     @property
     def failure(self) -> FailureKind | None:
         if self.exit_code == EXIT_OK and not self.oom_killed:
             return None
-        if self.oom_killed or self.exit_code in (EXIT_MEMORY, EXIT_OOM_KILLED):
+        if self.oom_killed or self.exit_code == EXIT_MEMORY:
             return "memory"
+        if self.disrupted or self.exit_code == EXIT_OOM_KILLED:
+            return "disruption"  # 137 alone is a SIGKILL, not proof of an OOM
         if self.exit_code == EXIT_INPUT:
             return "input"
         return "error"
@@ -141,6 +152,15 @@ def decide(plan: Plan, tile: Tile, attempts: Sequence[Attempt], config: PolicyCo
     nxt = last.number + 1
     if failure == "input":
         return Fail(tile, f"input error (exit {last.exit_code}): not retried")
+    if failure == "disruption":
+        disruptions = sum(1 for a in attempts if a.failure == "disruption")
+        if disruptions > MAX_DISRUPTIONS:
+            return Fail(
+                tile,
+                f"disrupted {disruptions} times in a row (exit {last.exit_code}, not an "
+                "out-of-memory kill); giving up",
+            )
+        return Launch(tile, nxt, last.memory, last.chunk_scale, "disrupted")
     if failure == "error":
         retries = sum(1 for a in attempts if a.failure == "error")
         if retries > config.backoff_limit:

@@ -1,4 +1,16 @@
-"""Kubernetes resource quantities for memory: parsed exactly, printed back in the same notation.
+"""Memory quantities: parsed exactly, printed back in the same notation.
+
+Two grammars with one meaning for every spelling they share:
+
+- **Kubernetes quantities** (:func:`parse_quantity`, ``Quantity``, the spec's ``resources``
+  and the CRD pattern): ``8G`` = 8·10^9 bytes, ``8Gi`` = 8·2^30, ``k M G T P E`` and
+  ``Ki Mi Gi Ti Pi Ei``, case as Kubernetes writes them. A GisJob is also a Kubernetes
+  manifest, so its quantities are what ``kubectl apply`` accepts.
+- **Command-line memory** (:func:`parse_memory`, ``--memory``): the same, plus the spellings
+  people type — a ``B`` after the unit (``8GB`` = ``8G``, ``8192MiB`` = ``8192Mi``, ``512B``),
+  ``K``/``KB`` for ``k`` and a space before the unit (``8 GiB``). Lower-case units other than
+  ``k`` are refused as ambiguous (``8g`` is 8·2^30 for Docker and Java, 8·10^9 in SI; ``m``
+  is milli in Kubernetes) with the exact spellings to use instead.
 
 ``Quantity`` is an ``int`` (bytes) that remembers how it was written, so ``1Gi`` stays ``1Gi``
 when a spec is echoed and ``1.5G`` stays ``1.5G``.
@@ -87,20 +99,106 @@ def _validate_quantity(value: Any) -> Quantity:
     raise ValueError(f"must be a quantity such as 512Mi, 1Gi or 1.5G (got {value!r})")
 
 
-def parse_quantity(text: str) -> int:
-    """Parse a memory quantity to bytes; fractional bytes are rounded up (as Kubernetes does)."""
+_NUMBER_UNIT_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)( ?)([A-Za-z]*)$")
+_LOOSE_NUMBER_RE = re.compile(r"^([-+0-9.,eExX]*[0-9][-+0-9.,eExX]*)\s*(.*)$")
+_UNIT_HELP = "k, M, G, T, P, E (powers of 1000) or Ki, Mi, Gi, Ti, Pi, Ei (powers of 1024)"
+
+
+def _factor(unit: str, *, loose: bool) -> int | None:
+    """Bytes per ``unit``; ``loose`` also takes a trailing ``B`` and ``K`` for ``k``."""
+    if not loose:
+        return BINARY_SUFFIXES.get(unit) or DECIMAL_SUFFIXES.get(unit)
+    if unit == "B":
+        return 1
+    if unit.endswith("B"):
+        unit = unit[:-1]
+    if unit == "K":
+        unit = "k"
+    return BINARY_SUFFIXES.get(unit) or DECIMAL_SUFFIXES.get(unit)
+
+
+def _suggest(number: str, unit: str) -> str:
+    """Why ``unit`` was not understood, and the exact spellings to use instead."""
+    base = unit[:-1] if unit.upper().endswith("B") and len(unit) > 1 else unit
+    binary = base.lower().endswith("i") and len(base) == 2
+    letter = base[:1].upper()
+    if letter in "KMGTPE" and base and (len(base) == 1 or binary):
+        dec = "k" if letter == "K" else letter
+        if binary:
+            return (
+                f"unit {unit!r} is written {letter}i: {number}{letter}i is "
+                f"{number}×1024^{'KMGTPE'.index(letter) + 1} bytes"
+            )
+        power = "KMGTPE".index(letter) + 1
+        why = (
+            "lower-case m is milli in Kubernetes"
+            if base == "m"
+            else f"lower-case {base!r} is ambiguous (powers of 1000 in SI, of 1024 for "
+            "Docker and Java)"
+            if base.islower()
+            else f"{unit!r} is not a Kubernetes unit"
+        )
+        return (
+            f"{why}: write {number}{dec} for {number}×1000^{power} bytes or "
+            f"{number}{letter}i for {number}×1024^{power}"
+        )
+    return f"unknown unit {unit!r} (use {_UNIT_HELP})"
+
+
+def _parse(text: str, *, loose: bool) -> int:
     s = text.strip()
-    if not _QUANTITY_RE.match(s):
-        raise ValueError(f"must be a quantity such as 512Mi, 1Gi or 1.5G (got {text!r})")
-    m = re.match(r"^([0-9.]+)(.*)$", s)
-    assert m is not None
-    number, suffix = m.group(1), m.group(2)
-    factor = BINARY_SUFFIXES.get(suffix) or DECIMAL_SUFFIXES[suffix]
-    try:
-        value = Decimal(number) * factor
-    except InvalidOperation as exc:  # pragma: no cover - the regex excludes this
-        raise ValueError(f"not a number: {text!r}") from exc
+    m = _NUMBER_UNIT_RE.match(s)
+    factor = None
+    if m is not None and (loose or not m.group(2)):
+        factor = _factor(m.group(3), loose=loose)
+    if m is None or factor is None:
+        raise ValueError(_explain(text, s, loose=loose))
+    value = Decimal(m.group(1)) * factor
     return int(value.to_integral_value(rounding="ROUND_CEILING"))
+
+
+def _explain(text: str, s: str, *, loose: bool) -> str:
+    """One line: what in ``text`` was not understood."""
+    example = "e.g. 8Gi, 512Mi or 1.5G"
+    if not s:
+        return f"empty quantity ({example})"
+    if s.startswith("-"):
+        return f"must not be negative (got {text!r})"
+    m = _LOOSE_NUMBER_RE.match(s)
+    if m is None:
+        return f"{text!r} has no number ({example})"
+    number, unit = m.group(1), m.group(2)
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", number):
+        return (
+            f"{text!r}: {number!r} is not a plain decimal number "
+            f"(digits with an optional fraction, {example})"
+        )
+    if not loose and " " in s:
+        return f"{text!r}: no space between number and unit in a Kubernetes quantity ({example})"
+    if not loose and unit and _factor(unit, loose=True) is not None:
+        return (
+            f"{text!r} is not a Kubernetes quantity: write "
+            f"{number}{_canonical(unit)} ({example})"
+        )
+    return f"{text!r}: {_suggest(number, unit)}"
+
+
+def _canonical(unit: str) -> str:
+    """The Kubernetes spelling of a command-line unit (``GB`` → ``G``, ``MiB`` → ``Mi``)."""
+    base = unit[:-1] if unit.endswith("B") else unit
+    return "k" if base == "K" else base
+
+
+def parse_quantity(text: str) -> int:
+    """Parse a Kubernetes memory quantity to bytes; fractional bytes are rounded up (as
+    Kubernetes does). The error says what was not understood."""
+    return _parse(text, loose=False)
+
+
+def parse_memory(text: str) -> int:
+    """Parse a command-line memory size: a Kubernetes quantity or one of the spellings people
+    type (``8GB``, ``8192MiB``, ``8 GiB``, ``512B``); see the module docstring."""
+    return _parse(text, loose=True)
 
 
 def format_bytes(n: int) -> str:
