@@ -359,3 +359,29 @@ def placeholder_file(index: int, uri: str, kind: Kind) -> RasterFile | VectorFil
     if kind == "raster":
         return RasterFile(index, uri, 0, 0, 0, 1, 1, (), 0, 1, RasterOutput(1, "float32", 0.0))
     return VectorFile(index, uri, None, 0, 0, 1.0, None)
+
+
+def file_tiles(
+    sizing: Sizing,
+    f: RasterFile | VectorFile,
+    tile_size: int,
+    features_per_tile: int,
+    *,
+    multi: bool,
+) -> list[Tile]:
+    """Every planned tile of one input file, from what the plan holds of it (pure: the
+    planner, the plan descriptor and the operator lay the same tiles)."""
+    from .tiles import feature_ranges, raster_grid, raster_tile_id, vector_tile_id
+
+    fi = f.index if multi else None
+    if isinstance(f, RasterFile):
+        return [
+            make_raster_tile(sizing, f, raster_tile_id(fi, r, c), win)
+            for r, c, win in raster_grid(
+                f.width, f.height, tile_size, f.block_width, f.block_height
+            )
+        ]
+    return [
+        make_vector_tile(sizing, f, vector_tile_id(fi, k), rng)
+        for k, rng in enumerate(feature_ranges(f.first_fid, f.features, features_per_tile))
+    ]

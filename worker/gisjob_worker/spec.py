@@ -263,17 +263,21 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     return f"{first}{more}"
 
 
-def parse_job(data: Any, source: str = "job") -> GisJob:
-    """Validate a GisJob document (already parsed from YAML/JSON), operation params included."""
+def parse_job(data: Any, source: str = "job", *, check_operation: bool = True) -> GisJob:
+    """Validate a GisJob document (already parsed from YAML/JSON), operation params included.
+
+    ``check_operation=False`` validates the document's shape only: the operator uses it, so
+    that it never loads the operations (and NumPy); its planner pod checks the operation."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: not a GisJob document (expected a mapping at the top level)")
     try:
         job = GisJob.model_validate(data)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, f"{source}: ")) from None
-    from .registry import validate_operation  # the registry imports operations lazily
+    if check_operation:
+        from .registry import validate_operation  # the registry imports operations lazily
 
-    validate_operation(job, source)
+        validate_operation(job, source)
     job._source = source
     return job
 
