@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,8 +12,10 @@ import pytest
 
 from gisjob_worker.errors import SpecError
 from gisjob_worker.quantity import (
+    QUANTITY_PATTERN,
     Quantity,
     format_bytes,
+    parse_memory,
     parse_quantity,
     round_up_mib,
     to_quantity,
@@ -78,14 +81,103 @@ def test_copy_and_pickle_keep_notation(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
-    ["1GB", "-1Gi", "abc", "", "1.5.5G", "1e3", "1 Gi", "Gi", ".5Gi", "1.Gi", "1gi", "5m", "0x10"],
+    ("bad", "why"),
+    [
+        ("1GB", "not a Kubernetes quantity: write 1G for 1×1000^3 bytes or 1Gi for 1×1024^3"),
+        ("8192MiB", "not a Kubernetes quantity: write 8192Mi for 8192×1024^2 bytes"),
+        ("512B", "not a Kubernetes quantity: write 512"),
+        ("8K", "not a Kubernetes quantity: write 8k for 8×1000 bytes or 8Ki for 8×1024"),
+        ("-1Gi", "must not be negative"),
+        ("abc", "no number: give a number and a unit, e.g. 8Gi"),
+        ("", "empty: give a number and a unit"),
+        ("1.5.5G", "'1.5.5' is not a plain decimal number"),
+        ("1e3", "'1e3' is not a plain decimal number"),
+        ("0x10", "'0x10' is not a plain decimal number"),
+        (".5Gi", "'.5' is not a plain decimal number"),
+        ("1.Gi", "'1.' is not a plain decimal number"),
+        ("1,5G", "'1,5' is not a plain decimal number"),
+        ("1 Gi", "no space between number and unit in a Kubernetes quantity"),
+        ("Gi", "no number"),
+        ("1gi", "unit 'gi' is written Gi"),
+        ("5m", "lower-case m is milli in Kubernetes: write 5M for 5×1000^2 bytes or 5Mi"),
+        ("8g", "lower-case 'g' is ambiguous"),
+        ("8Gb", "'Gb': a lower-case b means bits"),
+        ("8XB", "unknown unit 'XB' (use k M G T P E (powers of 1000), Ki Mi Gi"),
+    ],
 )
-def test_rejects_bad_text(bad: str) -> None:
-    with pytest.raises(ValueError, match="quantity such as 512Mi"):
+def test_rejects_bad_text_saying_what_was_not_understood(bad: str, why: str) -> None:
+    with pytest.raises(ValueError) as info:
         parse_quantity(bad)
+    assert str(info.value).startswith(why), str(info.value)
+    assert str(info.value).endswith(f"(got {bad!r})")
     with pytest.raises(ValueError):
         Quantity(bad)
+
+
+# ----------------------------------------------------------------- command-line spellings
+
+KIB, MIB, GIB = 1024, 1024**2, 1024**3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # every Kubernetes quantity means the same on the command line
+        *EXACT,
+        ("8G", 8 * 10**9),
+        ("8Gi", 8 * GIB),
+        # a trailing B: GB is G, MiB is Mi (exactly as Kubernetes' G and Mi)
+        ("8GB", 8 * 10**9),
+        ("8GiB", 8 * GIB),
+        ("8192MiB", 8 * GIB),
+        ("1.5GB", 1_500_000_000),
+        ("500MB", 500_000_000),
+        ("64KiB", 64 * KIB),
+        ("2TB", 2 * 10**12),
+        ("512B", 512),
+        # K and KB for the kilo Kubernetes writes k
+        ("8K", 8000),
+        ("8KB", 8000),
+        ("8kB", 8000),
+        # a space before the unit
+        ("8 GiB", 8 * GIB),
+        ("8 G", 8 * 10**9),
+        (" 4Gi ", 4 * GIB),
+    ],
+)
+def test_parse_memory_accepts_what_people_type(text: str, expected: int) -> None:
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (
+            "8gb",
+            "lower-case 'gb' is ambiguous (powers of 1000 in SI, of 1024 for Docker and "
+            "Java): write 8G for 8×1000^3 bytes or 8Gi for 8×1024^3",
+        ),
+        ("8g", "lower-case 'g' is ambiguous"),
+        ("8m", "lower-case m is milli in Kubernetes: write 8M"),
+        ("8mb", "lower-case m is milli"),
+        ("8gi", "unit 'gi' is written Gi or GiB"),
+        ("8Mib", "unit 'Mib' is written Mi or MiB"),
+        ("8Gb", "'Gb': a lower-case b means bits: write 8G"),
+        (
+            "8XB",
+            "unknown unit 'XB' (use k M G T P E (powers of 1000), Ki Mi Gi Ti Pi Ei "
+            "(powers of 1024), with or without a trailing B)",
+        ),
+        ("1e9", "'1e9' is not a plain decimal number"),
+        ("-8Gi", "must not be negative"),
+        ("GiB", "no number"),
+    ],
+)
+def test_parse_memory_says_what_was_not_understood(bad: str, why: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_memory(bad)
+    assert str(info.value).startswith(why), str(info.value)
+    assert str(info.value).endswith(f"(got {bad!r})")
 
 
 @pytest.mark.parametrize("bad", [True, False])
@@ -130,7 +222,8 @@ def test_format_bytes() -> None:
 
 def _resources(job_doc: Callable[..., dict[str, Any]], **res: Any) -> dict[str, Any]:
     job = parse_job(job_doc(resources=res), "job.yaml")
-    return job.to_document()["spec"]["resources"]
+    resources: dict[str, Any] = job.to_document()["spec"]["resources"]
+    return resources
 
 
 @pytest.mark.parametrize("text", ["1Gi", "512Mi", "500M", "1.5G", "0.5Ki", "1073741824"])
@@ -161,15 +254,40 @@ def test_spec_accepts_integral_float(job_doc: Callable[..., dict[str, Any]]) -> 
 
 
 @pytest.mark.parametrize(
-    ("value", "shown"),
-    [("1GB", "'1GB'"), ("-1Gi", "'-1Gi'"), ("abc", "'abc'"), (True, "True"), (1.5, "1.5")],
+    ("value", "message"),
+    [
+        (
+            "1GB",
+            "not a Kubernetes quantity: write 1G for 1×1000^3 bytes or 1Gi for 1×1024^3 "
+            "(got '1GB')",
+        ),
+        ("8GiB", "not a Kubernetes quantity: write 8Gi for 8×1024^3 bytes (got '8GiB')"),
+        ("-1Gi", "must not be negative (got '-1Gi')"),
+        ("abc", "no number: give a number and a unit, e.g. 8Gi, 512Mi or 1.5G (got 'abc')"),
+        (True, "must be a quantity such as 512Mi, 1Gi or 1.5G (got True)"),
+        (1.5, "must be a quantity such as 512Mi, 1Gi or 1.5G (got 1.5)"),
+    ],
 )
 def test_spec_rejects_bad_quantities(
-    job_doc: Callable[..., dict[str, Any]], value: Any, shown: str
+    job_doc: Callable[..., dict[str, Any]], value: Any, message: str
 ) -> None:
+    """A GisJob is a Kubernetes manifest: its quantities are Kubernetes quantities (what the
+    CRD pattern lets ``kubectl apply`` through), with the same diagnosis as ``--memory``."""
     with pytest.raises(SpecError) as info:
         parse_job(job_doc(resources={"memory": value}), "job.yaml")
-    assert str(info.value) == (
-        "job.yaml: spec.resources.memory: must be a quantity such as 512Mi, 1Gi or 1.5G "
-        f"(got {shown})"
-    )
+    assert str(info.value) == f"job.yaml: spec.resources.memory: {message}"
+
+
+@pytest.mark.parametrize("text", ["8G", "8Gi", "1.5G", "512Mi", "100k", "1000"])
+def test_cli_and_spec_agree_on_every_kubernetes_quantity(text: str) -> None:
+    """Same meaning for every spelling both accept; the spec's set is the CRD's pattern."""
+    assert parse_memory(text) == parse_quantity(text) == int(Quantity(text))
+    assert re.match(QUANTITY_PATTERN, text)
+
+
+@pytest.mark.parametrize("text", ["8GB", "8GiB", "8 Gi", "8K", "512B"])
+def test_cli_only_spellings_stay_outside_the_crd_pattern(text: str) -> None:
+    assert parse_memory(text) > 0
+    assert not re.match(QUANTITY_PATTERN, text)
+    with pytest.raises(ValueError, match="Kubernetes quantity"):
+        parse_quantity(text)

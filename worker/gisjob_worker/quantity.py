@@ -19,7 +19,7 @@ when a spec is echoed and ``1.5G`` stays ``1.5G``.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from pydantic import GetCoreSchemaHandler
@@ -99,94 +99,95 @@ def _validate_quantity(value: Any) -> Quantity:
     raise ValueError(f"must be a quantity such as 512Mi, 1Gi or 1.5G (got {value!r})")
 
 
-_NUMBER_UNIT_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)( ?)([A-Za-z]*)$")
-_LOOSE_NUMBER_RE = re.compile(r"^([-+0-9.,eExX]*[0-9][-+0-9.,eExX]*)\s*(.*)$")
-_UNIT_HELP = "k, M, G, T, P, E (powers of 1000) or Ki, Mi, Gi, Ti, Pi, Ei (powers of 1024)"
+_NUMBER_UNIT_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(\s*)([A-Za-z]*)$")
+# what a user may have meant as the number: digits with dots, commas, an exponent or 0x
+_LOOSE_NUMBER_RE = re.compile(r"^([0-9.,]*(?:[eExX][-+]?[0-9][0-9.]*)?)\s*(.*)$")
+_POWERS = "KMGTPE"
+EXAMPLES = "e.g. 8Gi, 512Mi or 1.5G"
 
 
 def _factor(unit: str, *, loose: bool) -> int | None:
     """Bytes per ``unit``; ``loose`` also takes a trailing ``B`` and ``K`` for ``k``."""
-    if not loose:
-        return BINARY_SUFFIXES.get(unit) or DECIMAL_SUFFIXES.get(unit)
-    if unit == "B":
-        return 1
-    if unit.endswith("B"):
-        unit = unit[:-1]
-    if unit == "K":
-        unit = "k"
+    if loose:
+        if unit == "B":
+            return 1
+        if unit.endswith("B"):
+            unit = unit[:-1]
+        if unit == "K":
+            unit = "k"
     return BINARY_SUFFIXES.get(unit) or DECIMAL_SUFFIXES.get(unit)
 
 
-def _suggest(number: str, unit: str) -> str:
-    """Why ``unit`` was not understood, and the exact spellings to use instead."""
-    base = unit[:-1] if unit.upper().endswith("B") and len(unit) > 1 else unit
-    binary = base.lower().endswith("i") and len(base) == 2
-    letter = base[:1].upper()
-    if letter in "KMGTPE" and base and (len(base) == 1 or binary):
-        dec = "k" if letter == "K" else letter
-        if binary:
-            return (
-                f"unit {unit!r} is written {letter}i: {number}{letter}i is "
-                f"{number}×1024^{'KMGTPE'.index(letter) + 1} bytes"
-            )
-        power = "KMGTPE".index(letter) + 1
-        why = (
-            "lower-case m is milli in Kubernetes"
-            if base == "m"
-            else f"lower-case {base!r} is ambiguous (powers of 1000 in SI, of 1024 for "
-            "Docker and Java)"
-            if base.islower()
-            else f"{unit!r} is not a Kubernetes unit"
+def _power(base: int, letter: str) -> str:
+    n = _POWERS.index(letter) + 1
+    return str(base) if n == 1 else f"{base}^{n}"
+
+
+def _both(number: str, letter: str) -> str:
+    dec = "k" if letter == "K" else letter
+    return (
+        f"write {number}{dec} for {number}×{_power(1000, letter)} bytes or "
+        f"{number}{letter}i for {number}×{_power(1024, letter)}"
+    )
+
+
+def _explain(text: str, *, loose: bool) -> str:
+    """What in ``text`` was not understood and what to write instead (one line)."""
+    s = text.strip()
+    m = _LOOSE_NUMBER_RE.match(s)
+    number, unit = (m.group(1), m.group(2)) if m else ("", s)
+    if not s:
+        why = f"empty: give a number and a unit, {EXAMPLES}"
+    elif s.startswith("-"):
+        why = "must not be negative"
+    elif not number:
+        why = f"no number: give a number and a unit, {EXAMPLES}"
+    elif not re.fullmatch(r"[0-9]+(\.[0-9]+)?", number):
+        why = f"{number!r} is not a plain decimal number (digits, an optional .fraction)"
+    elif not loose and " " in s:
+        why = f"no space between number and unit in a Kubernetes quantity ({EXAMPLES})"
+    elif not loose and _factor(unit, loose=True) is not None:
+        base = unit[:-1] if unit.endswith("B") else unit
+        letter = base[:1].upper()
+        why = "not a Kubernetes quantity: " + (
+            f"write {number}"
+            if not base
+            else f"write {number}{base} for {number}×{_power(1024, letter)} bytes"
+            if base.endswith("i")
+            else _both(number, letter)
         )
-        return (
-            f"{why}: write {number}{dec} for {number}×1000^{power} bytes or "
-            f"{number}{letter}i for {number}×1024^{power}"
-        )
-    return f"unknown unit {unit!r} (use {_UNIT_HELP})"
+    else:
+        base = unit[:-1] if len(unit) > 1 and unit[-1] in "Bb" else unit
+        letter = base[:1].upper()
+        if letter and letter in _POWERS and base[1:] in ("", "i", "I"):
+            if base[1:]:
+                why = f"unit {unit!r} is written {letter}i" + (f" or {letter}iB" if loose else "")
+            elif base == "m":
+                why = "lower-case m is milli in Kubernetes: " + _both(number, "M")
+            elif unit.endswith("b") and not base[:1].islower():
+                why = f"{unit!r}: a lower-case b means bits: " + _both(number, letter)
+            else:  # g, gb, kb, ...: lower case (the valid k and kB parsed already)
+                why = (
+                    f"lower-case {unit!r} is ambiguous (powers of 1000 in SI, of 1024 for "
+                    "Docker and Java): " + _both(number, letter)
+                )
+        else:
+            units = "k M G T P E (powers of 1000), Ki Mi Gi Ti Pi Ei (powers of 1024)"
+            if loose:
+                units += ", with or without a trailing B"
+            why = f"unknown unit {unit!r} (use {units})"
+    return f"{why} (got {text!r})"
 
 
 def _parse(text: str, *, loose: bool) -> int:
-    s = text.strip()
-    m = _NUMBER_UNIT_RE.match(s)
+    m = _NUMBER_UNIT_RE.match(text.strip())
     factor = None
     if m is not None and (loose or not m.group(2)):
         factor = _factor(m.group(3), loose=loose)
     if m is None or factor is None:
-        raise ValueError(_explain(text, s, loose=loose))
+        raise ValueError(_explain(text, loose=loose))
     value = Decimal(m.group(1)) * factor
     return int(value.to_integral_value(rounding="ROUND_CEILING"))
-
-
-def _explain(text: str, s: str, *, loose: bool) -> str:
-    """One line: what in ``text`` was not understood."""
-    example = "e.g. 8Gi, 512Mi or 1.5G"
-    if not s:
-        return f"empty quantity ({example})"
-    if s.startswith("-"):
-        return f"must not be negative (got {text!r})"
-    m = _LOOSE_NUMBER_RE.match(s)
-    if m is None:
-        return f"{text!r} has no number ({example})"
-    number, unit = m.group(1), m.group(2)
-    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", number):
-        return (
-            f"{text!r}: {number!r} is not a plain decimal number "
-            f"(digits with an optional fraction, {example})"
-        )
-    if not loose and " " in s:
-        return f"{text!r}: no space between number and unit in a Kubernetes quantity ({example})"
-    if not loose and unit and _factor(unit, loose=True) is not None:
-        return (
-            f"{text!r} is not a Kubernetes quantity: write "
-            f"{number}{_canonical(unit)} ({example})"
-        )
-    return f"{text!r}: {_suggest(number, unit)}"
-
-
-def _canonical(unit: str) -> str:
-    """The Kubernetes spelling of a command-line unit (``GB`` → ``G``, ``MiB`` → ``Mi``)."""
-    base = unit[:-1] if unit.endswith("B") else unit
-    return "k" if base == "K" else base
 
 
 def parse_quantity(text: str) -> int:

@@ -30,8 +30,9 @@ def _workers(value: str) -> str:
 @click.option(
     "--memory",
     "memory_text",
-    help="Memory allowance for all workers together (default: 80% of available "
-    "memory, or of the cgroup limit when running inside one).",
+    help="Memory allowance for all workers together: 8Gi or 8GiB (8·2^30 bytes), 8G or 8GB "
+    "(8·10^9), 8192Mi; lower-case units other than k are refused as ambiguous (default: 80% "
+    "of available memory, or of the cgroup limit when running inside one).",
 )
 @click.option(
     "--resume/--no-resume",
@@ -91,14 +92,14 @@ def run(
             cleanup.callback(server.close)  # normally closed by the run already
         from .. import gdalenv, logs
         from ..allowance import default_allowance, default_workers
-        from ..quantity import parse_quantity
+        from ..quantity import parse_memory
         from ..spec import load_job
 
         logs.configure()
         job = load_job(job_file)
         if memory_text:
             try:
-                allowance = parse_quantity(memory_text)
+                allowance = parse_memory(memory_text)
             except ValueError as exc:
                 raise InputError(f"--memory: {exc}") from None
             if allowance <= 0:
