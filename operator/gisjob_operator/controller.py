@@ -1,40 +1,54 @@
 """Reconcile one GisJob against the API (the side-effecting shell around :mod:`reconcile`).
 
-Per tick: validate the spec with the worker's model, plan (cached per generation), read the
-job's pods from the watch index, ask the pure reconciler what to do, then create pods,
-write the status (coalesced: at most once per ``status_interval``), and only then delete the
-pods whose outcome the status now holds. Finished jobs get a manifest and mosaic like local
-runs, a terminal condition and an event; ``ttlSecondsAfterFinished`` deletes them.
+The operator is a pure control plane: it reads no dataset, mounts no data volume and holds
+no storage credentials. Per tick: validate the spec's shape, get the plan from the job's
+planner pod (a compact descriptor in its termination message or log; tiles are laid again
+by the worker package's pure functions), read the job's pods from the watch index, ask the
+pure reconciler what to do, then create pods, write the status (coalesced: at most once per
+``status_interval``), and only then delete the pods whose outcome the status now holds. When
+every tile is resolved a finalizer pod writes the manifest and mosaic from the ledger in the
+output location; its result decides the terminal phase. ``ttlSecondsAfterFinished`` deletes
+finished jobs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
-from gisjob_worker import finalize, policy
-from gisjob_worker.errors import GisJobError, InputError, SpecError
-from gisjob_worker.finalize import TileEntry
-from gisjob_worker.plan import Plan, Tile
-from gisjob_worker.planner import build_plan
+from gisjob_worker import plandesc, policy
+from gisjob_worker.errors import SpecError
+from gisjob_worker.plan import Plan
 from gisjob_worker.quantity import format_bytes
 from gisjob_worker.ranges import compress
 from gisjob_worker.spec import GisJob, parse_job
 
 from .kube import Kube
 from .metrics import OperatorMetrics
-from .pods import PodLaunch, build_worker_pod, pod_name
+from .pods import (
+    ANNOTATION_DIGEST,
+    ANNOTATION_SPEC,
+    LABEL_ATTEMPT,
+    LABEL_ROLE,
+    ROLE_FINALIZER,
+    ROLE_PLANNER,
+    PodLaunch,
+    build_finalizer_pod,
+    build_planner_pod,
+    build_worker_pod,
+    pod_name,
+    spec_hash,
+)
 from .reconcile import Actions, PodView, Progress, TileTree, now_iso, pod_view, reconcile
 from .settings import OperatorSettings
 from .status import TERMINAL, plan_status, progress_status, set_condition
 
 log = logging.getLogger("gisjob.operator")
-JOURNAL = "journal.jsonl"
+FINISHED_PHASES = ("Succeeded", "Failed")
 
 
 @dataclass
@@ -42,8 +56,7 @@ class JobMemo:
     """What the operator remembers of one GisJob between ticks (lost on restart, by design:
     everything here can be recomputed from the API)."""
 
-    generation: int | None = None
-    job: GisJob | None = None
+    spec_key: str | None = None  # spec_hash of the spec the plan was made for
     plan: Plan | None = None
     tree: TileTree | None = None  # the plan's tile tree, reused by every tick
     error: str | None = None
@@ -51,6 +64,8 @@ class JobMemo:
     seq: int = 0
     status: dict[str, Any] | None = None  # the last status this process wrote
     created: dict[str, tuple[float, PodLaunch]] = field(default_factory=dict)
+    # when this process first saw a planner/finalizer pod finished (pods may lack finishedAt)
+    seen_finished: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,29 +183,145 @@ class JobController:
         if phase in TERMINAL and self.status.get("observedGeneration") == self.generation:
             return self._after_finish()
         try:
-            job = parse_job(_document(self.body), f"{self.namespace}/{self.name}")
+            job = parse_job(
+                _document(self.body), f"{self.namespace}/{self.name}", check_operation=False
+            )
         except SpecError as exc:
             return self._fail("InvalidSpec", str(exc))
         plan = self._plan(job)
         if plan is None:
-            return "failed"
+            return str(self.status.get("phase") or "Planning")
         if self.status.get("plan", {}).get("digest") not in (None, plan.digest):
             return self._replan(plan)
         if not self.status.get("plan"):
             return self._planned(job, plan)
         return self._run(job, plan)
 
+    # ------------------------------------------------------------- role pods (plan, finalize)
+
+    def _role_pods(self, role: str, key_annotation: str, key: str) -> list[dict[str, Any]]:
+        """This job's planner or finalizer pods for one spec/plan key, oldest attempt first."""
+        out = []
+        for pod in self.pods:
+            meta = pod.get("metadata") or {}
+            if (meta.get("labels") or {}).get(LABEL_ROLE) != role:
+                continue
+            if (meta.get("annotations") or {}).get(key_annotation) != key:
+                continue
+            out.append(pod)
+        return sorted(out, key=_attempt_of)
+
+    def _finished_since(self, pod: dict[str, Any]) -> float:
+        """When a finished pod finished: its container's finishedAt, else the first time this
+        process saw it finished (real pods — evicted, lost — often have no finishedAt)."""
+        name = pod["metadata"]["name"]
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            at = _parse_time(term.get("finishedAt"))
+            if at is not None:
+                return at
+        return self.memo.seen_finished.setdefault(name, self.now)
+
+    def _role_step(
+        self, pods: list[dict[str, Any]], create: Any, what: str
+    ) -> tuple[str, dict[str, Any] | None, str]:
+        """Drive one planner/finalizer pod to a result: ("running" | "done" | "failed",
+        result record, message). Failures other than input errors (exit 2) are retried with
+        backoff, up to ``role_pod_retries``; the attempt number is in the pod's name."""
+        cfg = self.ctx.settings
+        newest = pods[-1] if pods else None
+        if newest is None:
+            self.ctx.kube.create_pod(self.namespace, create(0))
+            return "running", None, f"{what} pod started"
+        status = newest.get("status") or {}
+        phase = status.get("phase")
+        if phase not in FINISHED_PHASES or (newest.get("metadata") or {}).get("deletionTimestamp"):
+            return "running", None, f"{what} pod {newest['metadata']['name']} is {phase}"
+        record = _termination_record(newest)
+        if phase == "Succeeded" and record is not None and record.get("exitCode", 0) == 0:
+            return "done", record, ""
+        attempt = _attempt_of(newest)
+        why = _failure_text(newest, record)
+        if record is not None and record.get("exitCode") == 2:
+            return "failed", record, why
+        if attempt + 1 >= cfg.role_pod_retries:
+            return "failed", record, f"{why} ({attempt + 1} attempts)"
+        delay = policy.backoff(attempt + 1, cfg.backoff_base, cfg.backoff_max)
+        if self.now < self._finished_since(newest) + delay:
+            return "running", None, f"{what} pod failed ({why}); retrying"
+        for old in pods:
+            self.ctx.kube.delete_pod(self.namespace, old["metadata"]["name"])
+        self.ctx.kube.create_pod(self.namespace, create(attempt + 1))
+        self.event("Warning", f"{what.capitalize()}Retry", f"{what} pod failed ({why}); retrying")
+        return "running", None, f"{what} pod failed ({why}); retrying"
+
     def _plan(self, job: GisJob) -> Plan | None:
+        """The plan for this spec: remembered, or from the planner pod (started if needed)."""
         memo = self.memo
-        if memo.plan is not None and memo.generation == self.generation:
+        key = spec_hash(job)
+        if memo.plan is not None and memo.spec_key == key:
             return memo.plan
-        try:
-            plan = build_plan(job)
-        except (InputError, SpecError) as exc:
-            self._fail("InvalidInput", str(exc))
+        cfg = self.ctx.settings
+        pods = self._role_pods(ROLE_PLANNER, ANNOTATION_SPEC, key)
+        state, record, message = self._role_step(
+            pods,
+            lambda n: build_planner_pod(job, self.uid, self.namespace, key, n, cfg.planner_memory),
+            "planner",
+        )
+        if state == "running":
+            self._planning(message)
             return None
-        memo.generation, memo.job, memo.plan = self.generation, job, plan
+        if state == "failed":
+            reason = "InvalidInput" if (record or {}).get("exitCode") == 2 else "PlanningFailed"
+            self._fail(reason, message)
+            return None
+        assert record is not None
+        try:
+            plan = self._read_descriptor(pods[-1], record)
+        except plandesc.DescriptorError as exc:
+            self._fail("PlanningFailed", f"planner pod {pods[-1]['metadata']['name']}: {exc}")
+            return None
+        memo.plan, memo.spec_key, memo.tree = plan, key, None
+        for pod in self.pods:  # planner pods of earlier specs are done with
+            meta = pod.get("metadata") or {}
+            if (meta.get("labels") or {}).get(LABEL_ROLE) == ROLE_PLANNER and (
+                meta.get("annotations") or {}
+            ).get(ANNOTATION_SPEC) != key:
+                self.ctx.kube.delete_pod(self.namespace, meta["name"])
         return plan
+
+    def _read_descriptor(self, pod: dict[str, Any], record: dict[str, Any]) -> Plan:
+        text = record.get("descriptor")
+        if not text:
+            name = pod["metadata"]["name"]
+            logged = self.ctx.kube.read_pod_log(
+                self.namespace, name, ROLE_PLANNER, self.ctx.settings.plan_log_limit
+            )
+            text = plandesc.find_in_log(logged)
+            if not text:
+                raise plandesc.DescriptorError(
+                    f"no plan descriptor in the log of {name} (read "
+                    f"{len(logged)} bytes, limit {self.ctx.settings.plan_log_limit})"
+                )
+        data = plandesc.decode(str(text), record.get("sha256"))
+        return plandesc.from_descriptor(data)
+
+    def _planning(self, message: str) -> None:
+        """Phase Planning (before the first plan) with a Planned=False condition saying why."""
+        if self.status.get("plan"):
+            return  # a new spec is being planned; the status keeps the current plan's view
+        conditions = set_condition(
+            self.status.get("conditions") or [],
+            "Planned",
+            "False",
+            "Planning",
+            message,
+            now_iso(),
+            self.generation,
+        )
+        status = {"phase": "Planning", "conditions": conditions}
+        if self._differs(status) and self.now - self.memo.last_write >= 1.0:
+            self.write_status({**status, "startTime": self.status.get("startTime") or now_iso()})
 
     def _planned(self, job: GisJob, plan: Plan) -> str:
         conditions = set_condition(
@@ -223,7 +354,9 @@ class JobController:
     def _replan(self, plan: Plan) -> str:
         """The spec or the input changed what the outputs are: start over on the new plan."""
         for pod in self.pods:
-            self.ctx.kube.delete_pod(self.namespace, pod["metadata"]["name"])
+            role = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_ROLE)
+            if role != ROLE_PLANNER:
+                self.ctx.kube.delete_pod(self.namespace, pod["metadata"]["name"])
         self.memo.created.clear()
         old = self.status.get("plan", {}).get("digest")
         reset = {
@@ -309,8 +442,6 @@ class JobController:
             )
             self.ctx.kube.create_pod(self.namespace, body)
             self.memo.created[pod_name(job.name, launch.tile, launch.attempt)] = (self.now, launch)
-        if actions.records:
-            self._journal(job, actions.records)
         self._count(actions)
         status = self._status(job, plan, actions, suspended)
         wrote = False
@@ -392,14 +523,48 @@ class JobController:
         st: dict[str, Any],
         conditions: list[dict[str, Any]],
     ) -> dict[str, Any]:
-        failed = st["tiles"]["failed"]
+        """Every tile resolved: the finalizer pod writes the manifest and mosaic from the
+        ledger; until it has, the job stays Running (Finalizing)."""
+        cfg = self.ctx.settings
+        progress = actions.progress
+        completed, failed_ranges = compress(progress.completed), compress(progress.failed)
+        state, record, why = self._role_step(
+            self._role_pods(ROLE_FINALIZER, ANNOTATION_DIGEST, plan.digest),
+            lambda n: build_finalizer_pod(
+                job,
+                self.uid,
+                self.namespace,
+                plan.digest,
+                n,
+                cfg.finalizer_memory,
+                completed,
+                failed_ranges,
+            ),
+            "finalizer",
+        )
         now = now_iso()
-        manifest_path, note = self._finalize(job, plan, actions.progress)
+        if state == "running":
+            conditions = set_condition(
+                conditions, "Running", "True", "Finalizing", why, now, self.generation
+            )
+            return {**st, "phase": "Running", "conditions": conditions}
+        for key in ("pending", "running", "succeeded", "failed"):
+            self.ctx.metrics.tiles.labels(self.namespace, self.name, key).set(st["tiles"][key])
         conditions = set_condition(
             conditions, "Running", "False", "Finished", "", now, self.generation
         )
-        if failed:
-            ranges = compress(actions.progress.failed)  # readable even when status has a bitmap
+        failed = st["tiles"]["failed"]
+        manifest = (record or {}).get("manifest") if state == "done" else None
+        note = f"; manifest {manifest}" if manifest else ""
+        if state == "failed":
+            message = f"finalizing failed: {why}"
+            conditions = set_condition(
+                conditions, "Failed", "True", "FinalizeFailed", message, now, self.generation
+            )
+            phase = "Failed"
+            self.event("Warning", "FinalizeFailed", message)
+        elif failed:
+            ranges = compress(progress.failed)  # readable even when status has a bitmap
             shown = ranges if len(ranges) <= 200 else ranges[:200].rsplit(",", 1)[0] + ",..."
             message = f"{failed} of {st['tiles']['total']} tiles failed: {shown}"
             conditions = set_condition(
@@ -414,8 +579,6 @@ class JobController:
             )
             phase = "Succeeded"
             self.event("Normal", "Completed", message + note)
-        for key in ("pending", "running", "succeeded", "failed"):
-            self.ctx.metrics.tiles.labels(self.namespace, self.name, key).set(st["tiles"][key])
         out = {
             **st,
             "phase": phase,
@@ -423,52 +586,21 @@ class JobController:
             "message": message,
             "completionTime": now,
         }
-        if manifest_path:
-            out["outputs"] = {"manifest": manifest_path}
+        if manifest:
+            out["outputs"] = {"manifest": manifest}
         return out
-
-    # ------------------------------------------------------------------ journal, finalize
-
-    def _journal(self, job: GisJob, records: list[dict[str, Any]]) -> None:
-        path = Path(job.spec.output.uri) / ".gisjob" / JOURNAL
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as fh:
-                for r in records:
-                    fh.write(
-                        json.dumps(
-                            {
-                                "digest": self.memo.plan.digest if self.memo.plan else None,
-                                "record": r,
-                            }
-                        )
-                        + "\n"
-                    )
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            log.warning("cannot write the journal %s: %s", path, exc)
-
-    def _finalize(self, job: GisJob, plan: Plan, p: Progress) -> tuple[str | None, str]:
-        out_dir = Path(job.spec.output.uri)
-        try:
-            entries = manifest_entries(plan, p, _read_journal(out_dir, plan.digest), out_dir)
-            finalize.finalize_outputs(job.name, plan, out_dir, entries)
-        except (OSError, GisJobError) as exc:
-            return None, f" (no manifest: the operator cannot write {out_dir}: {exc})"
-        return str(out_dir / finalize.MANIFEST), f"; manifest {out_dir / finalize.MANIFEST}"
 
     def _after_finish(self) -> str:
         """A finished job: clean up succeeded pods, honour ttlSecondsAfterFinished."""
         for pod in self.pods:
-            view = pod_view(pod)
-            if view is not None and view.phase == "Succeeded" and not view.deleting:
-                self.ctx.kube.delete_pod(self.namespace, view.name)
+            meta = pod.get("metadata") or {}
+            if (pod.get("status") or {}).get("phase") == "Succeeded" and not meta.get(
+                "deletionTimestamp"
+            ):
+                self.ctx.kube.delete_pod(self.namespace, meta["name"])
         ttl = (self.body.get("spec") or {}).get("ttlSecondsAfterFinished")
         done = self.status.get("completionTime")
         if ttl is not None and done:
-            from .reconcile import _parse_time
-
             finished = _parse_time(done)
             if finished is not None and self.now >= finished + int(ttl):
                 finalizers = list((self.body.get("metadata") or {}).get("finalizers") or [])
@@ -477,70 +609,48 @@ class JobController:
         return str(self.status.get("phase"))
 
 
-def _read_journal(out_dir: Path, digest: str) -> list[dict[str, Any]]:
-    path = out_dir / ".gisjob" / JOURNAL
-    records: dict[tuple[str, int], dict[str, Any]] = {}
+def _parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
     try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            d = json.loads(line)
-        except ValueError:
-            continue
-        r = d.get("record") or {}
-        if d.get("digest") == digest and "tile" in r:
-            records[(r["tile"], int(r.get("attempt", 0)))] = r  # duplicates after restarts
-    return [records[k] for k in sorted(records)]
+        return float(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
 
 
-def manifest_entries(
-    plan: Plan, p: Progress, records: list[dict[str, Any]], out_dir: Path
-) -> list[tuple[Tile, TileEntry]]:
-    """Manifest entries for every planned tile and every sub-tile the journal mentions."""
-    tree = TileTree(plan)
-    by_tile: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        by_tile.setdefault(r["tile"], []).append(r)
-    # ids with a descendant in the journal: every prefix of a recorded id that ends before a
-    # "-" (one set, so finalize stays linear in the tiles instead of scanning per tile)
-    ancestors = {k[:i] for k in by_tile for i, ch in enumerate(k) if ch == "-"}
-    entries: list[tuple[Tile, TileEntry]] = []
+def _attempt_of(pod: dict[str, Any]) -> int:
+    try:
+        return int(((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT, 0))
+    except ValueError:
+        return 0
 
-    def visit(tile: Tile, parent: str | None, resolved: str) -> None:
-        recs = by_tile.get(tile.id, [])
-        last = recs[-1] if recs else {}
-        kids = tree.children(tile) if tile.id in ancestors else []
-        if kids and (not recs or last.get("exitCode") != 0):
-            outcome = "split"
-        elif last.get("exitCode") == 0 and last.get("output"):
-            outcome = "succeeded"
-        else:
-            outcome = resolved if resolved != "succeeded" else "failed"
-        entry = TileEntry(
-            id=tile.id,
-            outcome=outcome,
-            parent=parent,
-            error=last.get("error"),
-            peak_rss_bytes=last.get("peakRssBytes"),
-            memory_request_bytes=tile.memory_request_bytes,
-            estimated_peak_bytes=tile.estimated_peak_bytes,
-            attempts=recs,
-        )
-        if outcome == "succeeded":
+
+def _termination_record(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON result a planner/finalizer pod left in its termination message."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or {}
+        message = term.get("message")
+        if message:
             try:
-                entry.output, entry.bytes, entry.mtime_ns = finalize.stat_output(
-                    out_dir, last["output"]
-                )
-            except OSError:
-                entry.outcome, entry.error = "failed", f"output {last['output']} is missing"
-        entries.append((tile, entry))
-        if outcome == "split":
-            for k in kids:
-                visit(k, tile.id, resolved)
+                data = json.loads(message)
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) else None
+    return None
 
-    for i, tile in enumerate(plan.tiles):
-        resolved = "succeeded" if i in p.completed else ("failed" if i in p.failed else "pending")
-        visit(tile, None, resolved)
-    return entries
+
+def _failure_text(pod: dict[str, Any], record: dict[str, Any] | None) -> str:
+    """Why a planner/finalizer pod failed, in one line: its own error, else what Kubernetes
+    says (evicted, OOMKilled, exit code)."""
+    if record and record.get("error"):
+        return " ".join(str(record["error"]).split())
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or {}
+        if term:
+            text = f"exit {term.get('exitCode')}, {term.get('reason') or 'Error'}"
+            message = " ".join(str(term.get("message") or "").split())
+            return f"{text}: {message[:300]}" if message else text
+    reason = status.get("reason") or "Failed"
+    message = " ".join(str(status.get("message") or "").split())
+    return f"{reason}: {message[:300]}" if message else reason

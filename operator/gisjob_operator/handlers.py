@@ -30,8 +30,6 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     from kubernetes import client, config
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from gisjob_worker import gdalenv
-
     from .controller import Context
     from .kube import Kube
     from .metrics import OperatorMetrics
@@ -51,10 +49,6 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     registry = CollectorRegistry()
     metrics = OperatorMetrics(registry)
     start_http_server(cfg.metrics_port, registry=registry)
-    try:
-        gdalenv.configure(cfg.gdal_cache_bytes, 1)
-    except RuntimeError:
-        pass  # GDAL already loaded in this process (tests): its settings stay
     memo.ctx = Context(settings=cfg, kube=Kube(api, metrics), metrics=metrics)
 
 

@@ -56,6 +56,18 @@ class Kube:
             ok=(404,),
         )
 
+    def read_pod_log(self, namespace: str, name: str, container: str, limit: int) -> str:
+        """A pod's log (at most ``limit`` bytes): how a planner pod hands over a plan
+        descriptor too large for its termination message."""
+        text = self._call(
+            "get",
+            "pods/log",
+            lambda: self.core.read_namespaced_pod_log(
+                name, namespace, container=container, limit_bytes=limit
+            ),
+        )
+        return str(text or "")
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._call(
             "patch",

@@ -26,7 +26,10 @@ class OperatorSettings:
     backoff_max: float = 300.0
     metrics_port: int = 9090
     liveness_port: int = 8080
-    gdal_cache_bytes: int = 32 * 1024**2  # for the operator's own metadata reads
+    planner_memory: int = 512 * 1024**2  # the planner pod's memory (request = limit)
+    finalizer_memory: int = 512 * 1024**2  # the finalizer pod's memory
+    plan_log_limit: int = 16 * 1024**2  # bytes of a planner pod's log read for its descriptor
+    role_pod_retries: int = 5  # planner/finalizer pods retried this often after failures
     created_grace_seconds: float = 60.0  # count just-created pods until the watch sees them
 
     @classmethod
@@ -41,4 +44,6 @@ class OperatorSettings:
             backoff_max=_env_float("GISJOB_BACKOFF_MAX", 300.0),
             metrics_port=_env_int("GISJOB_METRICS_PORT", 9090),
             liveness_port=_env_int("GISJOB_LIVENESS_PORT", 8080),
+            planner_memory=_env_int("GISJOB_PLANNER_MEMORY_BYTES", 512 * 1024**2),
+            finalizer_memory=_env_int("GISJOB_FINALIZER_MEMORY_BYTES", 512 * 1024**2),
         )

@@ -1,0 +1,72 @@
+"""``gisjob planner``: plan a job inside the cluster (the planner pod) and hand the operator a
+compact plan descriptor.
+
+The operator reads no dataset: this command does the metadata reads, prints the descriptor
+on stdout (one marked line, for the operator to read from the pod's log) and writes a
+result record of at most 4 KiB to the termination message — with the descriptor inline when
+it fits, so small plans need no log read at all.
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from ..errors import GisJobError
+from .podjob import default_result_path, load_pod_job, write_result_json
+
+INLINE_LIMIT = 3000  # descriptor characters kept inline in the 4 KiB termination message
+
+
+@click.command()
+@click.option(
+    "--job",
+    "job_file",
+    type=click.Path(dir_okay=False),
+    help="Job file (default: $GISJOB_JOB, then $GISJOB_JOB_FILE or /etc/gisjob/job.yaml).",
+)
+@click.option(
+    "--result",
+    "result_path",
+    help="Result record path (default: $GISJOB_RESULT_PATH, in pods /dev/termination-log).",
+)
+def planner(job_file: str | None, result_path: str | None) -> None:
+    """Plan the job (metadata reads only) and print its compact plan descriptor."""
+    from .. import plandesc
+
+    started = time.monotonic()
+    path = result_path or default_result_path()
+    try:
+        job = load_pod_job(job_file)
+        from ..planner import build_plan
+
+        plan = build_plan(job)
+        desc = plandesc.descriptor(
+            plan, job.spec.tiling.tile_size, job.spec.tiling.features_per_tile
+        )
+        text, sha = plandesc.encode(desc)
+    except GisJobError as exc:
+        message = " ".join(str(exc).split())
+        write_result_json({"exitCode": exc.exit_code, "error": message}, path)
+        click.echo(f"gisjob: error: {message}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except Exception as exc:  # retryable: a storage hiccup, a bug — the record says which
+        message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        write_result_json({"exitCode": 1, "error": message}, path)
+        click.echo(f"gisjob: error: {message}", err=True)
+        raise SystemExit(1) from None
+    click.echo(plandesc.LOG_MARKER + text)
+    record = {
+        "exitCode": 0,
+        "digest": plan.digest,
+        "tiles": len(plan.tiles),
+        "sha256": sha,
+        "descriptorBytes": len(text),
+        "estimatedPeakBytes": plan.max_estimate,
+        "memoryRequestBytes": plan.max_request,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if len(text) <= INLINE_LIMIT:
+        record["descriptor"] = text
+    write_result_json(record, path)
