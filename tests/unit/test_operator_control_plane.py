@@ -1,0 +1,313 @@
+"""The operator as a pure control plane: the plan comes from a planner pod, the manifest from
+a finalizer pod; the operator process never loads the data stack.
+
+The planner's output here is the real ``gisjob planner`` command's (run on a real raster);
+the controller ticks against an in-memory API (tests/unit/opsim.py) where pods finish the
+ways real nodes finish them — including without ``finishedAt`` or an exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import write_raster
+from opsim import Stage
+
+from gisjob_worker import plandesc
+from gisjob_worker.cli.main import cli
+from gisjob_worker.planner import build_plan
+from gisjob_worker.spec import parse_job
+
+HERE = Path(__file__).parent
+
+
+def _spec(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    src = tmp_path / "in.tif"
+    if not src.exists():
+        write_raster(src, width=512, height=384, count=2, block=64)
+    spec: dict[str, Any] = {
+        "input": {"uri": str(src)},
+        "operation": {"name": "ndvi", "params": {"nir": 2, "red": 1}},
+        "output": {"uri": str(tmp_path / "out"), "format": "GTiff"},
+        "tiling": {"tileSize": 128},
+        "parallelism": 4,
+        "worker": {"image": "gisjob:test"},
+    }
+    spec.update(extra)
+    return spec
+
+
+def run_planner(spec: dict[str, Any], tmp_path: Path) -> tuple[dict[str, Any], str, int]:
+    """The real planner command on this spec: (termination record, stdout log, exit code)."""
+    doc = {"apiVersion": "gisjob.dev/v1alpha1", "kind": "GisJob", "metadata": {"name": "j"}}
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**doc, "spec": spec}))
+    result = tmp_path / "planner-result.json"
+    run = CliRunner().invoke(cli, ["planner", "--job", str(job), "--result", str(result)])
+    return json.loads(result.read_text()), run.output, run.exit_code
+
+
+def planned_stage(tmp_path: Path, **settings: Any) -> tuple[Stage, dict[str, Any]]:
+    spec = _spec(tmp_path)
+    stage = Stage(spec, **settings)
+    assert stage.tick() == "Planning"
+    (planner,) = stage.pods("planner")
+    assert planner["spec"]["containers"][0]["command"] == ["gisjob", "planner"]
+    record, _log, code = run_planner(spec, tmp_path)
+    assert code == 0
+    stage.finish(planner["metadata"]["name"], exit_code=0, message=json.dumps(record))
+    return stage, record
+
+
+def test_descriptor_round_trip_lays_the_planners_tiles(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    job = parse_job(
+        {
+            "apiVersion": "gisjob.dev/v1alpha1",
+            "kind": "GisJob",
+            "metadata": {"name": "j"},
+            "spec": spec,
+        }
+    )
+    plan = build_plan(job)
+    desc = plandesc.descriptor(plan, 128, 100_000)
+    text, sha = plandesc.encode(desc)
+    again = plandesc.from_descriptor(plandesc.decode(text, sha))
+    assert again.tiles == plan.tiles
+    assert again.files == plan.files
+    assert again.sizing == plan.sizing
+    assert again.digest == plan.digest
+    with pytest.raises(plandesc.DescriptorError, match="checksum"):
+        plandesc.decode(text[:-4], sha)
+    with pytest.raises(plandesc.DescriptorError, match="version"):
+        plandesc.from_descriptor({**desc, "v": 99})
+    with pytest.raises(plandesc.DescriptorError, match="tiles"):
+        plandesc.from_descriptor({**desc, "tiles": 3})
+
+
+def test_a_100k_tile_plan_fits_inline_in_a_termination_message(tmp_path: Path) -> None:
+    """One large raster: 100,000 tiles from a descriptor of a few hundred bytes."""
+    spec = _spec(tmp_path)
+    job = parse_job(
+        {
+            "apiVersion": "gisjob.dev/v1alpha1",
+            "kind": "GisJob",
+            "metadata": {"name": "j"},
+            "spec": spec,
+        }
+    )
+    plan = build_plan(job)
+    desc = plandesc.descriptor(plan, 128, 100_000)
+    (f,) = desc["files"]
+    f.update(width=128 * 400, height=128 * 250)
+    desc["tiles"] = 100_000
+    text, sha = plandesc.encode(desc)
+    assert len(text) < 1000
+    big = plandesc.from_descriptor(plandesc.decode(text, sha))
+    assert len(big.tiles) == 100_000
+    assert big.tiles[-1].id == "r0249c0399"
+
+
+def test_planner_pod_then_workers_then_finalizer_pod(tmp_path: Path) -> None:
+    stage, record = planned_stage(tmp_path)
+    assert "descriptor" in record  # small plan: inline, no log read
+    assert stage.status["phase"] == "Planning"
+    stage.tick()
+    assert stage.status["phase"] == "Running"
+    assert stage.status["plan"]["tiles"] == 12
+    assert stage.status["plan"]["digest"] == record["digest"]
+    assert stage.kube.log_reads == []
+    for _ in range(20):
+        stage.tick()
+        stage.succeed_workers()
+        if stage.pods("finalizer"):
+            break
+    (fin,) = stage.pods("finalizer")
+    cmd = fin["spec"]["containers"][0]["command"]
+    assert cmd[:2] == ["gisjob", "finalize"]
+    assert cmd[cmd.index("--completed") + 1] == "0-11"
+    assert cmd[cmd.index("--failed") + 1] == ""
+    stage.tick()
+    assert stage.status["phase"] == "Running"  # not Succeeded before the finalizer is done
+    assert any(c["reason"] == "Finalizing" for c in stage.status["conditions"])
+    manifest = str(tmp_path / "out" / "manifest.json")
+    stage.finish(
+        fin["metadata"]["name"],
+        exit_code=0,
+        message=json.dumps({"exitCode": 0, "manifest": manifest}),
+    )
+    stage.tick()
+    assert stage.status["phase"] == "Succeeded"
+    assert stage.status["outputs"] == {"manifest": manifest}
+    # the operator itself wrote nothing into the output location
+    assert not (tmp_path / "out").exists()
+    stage.tick()  # finished: succeeded pods cleaned up
+    assert not stage.pods("finalizer") and not stage.pods("planner")
+
+
+def test_large_descriptor_comes_from_the_planner_pods_log(tmp_path: Path) -> None:
+    stage, record = planned_stage(tmp_path)
+    (planner,) = stage.pods("planner")
+    name = planner["metadata"]["name"]
+    _, log, _ = run_planner(_spec(tmp_path), tmp_path)
+    inline = record.pop("descriptor")
+    stage.finish(name, exit_code=0, message=json.dumps(record))
+    stage.kube.logs[name] = "some log line\n" + log
+    stage.tick()
+    assert stage.kube.log_reads == [name]
+    assert stage.status["plan"]["digest"] == record["digest"]
+    assert plandesc.find_in_log(log) == inline
+
+
+def test_truncated_log_descriptor_is_a_clear_failure_not_a_wrong_plan(tmp_path: Path) -> None:
+    stage, record = planned_stage(tmp_path)
+    (planner,) = stage.pods("planner")
+    name = planner["metadata"]["name"]
+    _, log, _ = run_planner(_spec(tmp_path), tmp_path)
+    record.pop("descriptor")
+    stage.finish(name, exit_code=0, message=json.dumps(record))
+    stage.kube.logs[name] = log[: len(log) // 2]
+    stage.tick()
+    assert stage.status["phase"] == "Failed"
+    assert "checksum" in stage.status["message"] or "decoded" in stage.status["message"]
+    assert stage.pods("worker") == []
+
+
+def test_planner_input_error_fails_the_job_once_with_the_planners_message(
+    tmp_path: Path,
+) -> None:
+    spec = _spec(tmp_path, input={"uri": str(tmp_path / "missing.tif")})
+    stage = Stage(spec)
+    stage.tick()
+    (planner,) = stage.pods("planner")
+    record, _, code = run_planner(spec, tmp_path)
+    assert code == 2 and "input file not found" in record["error"]
+    stage.finish(
+        planner["metadata"]["name"], exit_code=2, message=json.dumps(record), reason="Error"
+    )
+    stage.tick()
+    assert stage.status["phase"] == "Failed"
+    assert "missing.tif" in stage.status["message"]
+    writes = stage.kube.status_writes
+    for _ in range(3):
+        stage.tick()
+    assert stage.kube.status_writes == writes  # once, no retry loop
+    assert len(stage.pods("planner")) == 1
+
+
+def test_evicted_planner_pod_without_finished_at_is_retried_with_a_reason(
+    tmp_path: Path,
+) -> None:
+    """Defect 7 (transient plan-time errors become Failed) and the pod shape of defect 1."""
+    spec = _spec(tmp_path)
+    stage = Stage(spec, backoff_base=0.0)
+    stage.tick()
+    (first,) = stage.pods("planner")
+    stage.finish(first["metadata"]["name"], exit_code=None, evicted=True)
+    stage.tick()
+    assert stage.status["phase"] == "Planning"
+    (second,) = stage.pods("planner")
+    assert second["metadata"]["name"].endswith("-1")
+    assert any(e[1] == "PlannerRetry" and "Evicted" in e[2] for e in stage.kube.events)
+    record, _, _ = run_planner(spec, tmp_path)
+    stage.finish(second["metadata"]["name"], exit_code=0, message=json.dumps(record))
+    stage.tick()
+    assert stage.status["phase"] == "Running"
+
+
+def test_transient_planner_failures_are_bounded(tmp_path: Path) -> None:
+    stage = Stage(_spec(tmp_path), role_pod_retries=3)
+    for _ in range(3):
+        stage.tick()
+        (pod,) = stage.pods("planner")
+        stage.finish(
+            pod["metadata"]["name"],
+            exit_code=1,
+            message=json.dumps({"exitCode": 1, "error": "OSError: timeout"}),
+        )
+    stage.tick()
+    assert stage.status["phase"] == "Failed"
+    assert "OSError: timeout" in stage.status["message"]
+    assert "3 attempts" in stage.status["message"]
+
+
+def test_finalizer_failure_to_verify_the_ledger_never_reports_success(tmp_path: Path) -> None:
+    stage, _ = planned_stage(tmp_path)
+    for _ in range(20):
+        stage.tick()
+        stage.succeed_workers()
+        if stage.pods("finalizer"):
+            break
+    stage.ctx.settings.role_pod_retries = 1
+    (fin,) = stage.pods("finalizer")
+    error = "tiles r0000c0001 completed per the operator have no ledger record"
+    stage.finish(
+        fin["metadata"]["name"],
+        exit_code=1,
+        message=json.dumps({"exitCode": 1, "error": error}),
+        reason="Error",
+    )
+    stage.tick()
+    assert stage.status["phase"] == "Failed"
+    assert error in stage.status["message"]
+    assert any(e[1] == "FinalizeFailed" for e in stage.kube.events)
+
+
+def test_spec_change_of_parallelism_needs_no_new_planner(tmp_path: Path) -> None:
+    stage, _ = planned_stage(tmp_path)
+    stage.tick()
+    stage.kube.body["spec"]["parallelism"] = 2
+    stage.kube.body["metadata"]["generation"] = 2
+    stage.tick()
+    assert len(stage.pods("planner")) == 1
+    stage.kube.body["spec"]["tiling"] = {"tileSize": 256}
+    stage.kube.body["metadata"]["generation"] = 3
+    stage.tick()
+    assert len(stage.pods("planner")) == 2  # a new spec: a new planner pod
+
+
+def test_operator_process_never_loads_the_data_stack(tmp_path: Path) -> None:
+    """Load the ``gisjob-operator`` entry point and take a job from planning to finished in
+    a fresh interpreter (the planner's output precomputed): no GDAL, Arrow or NumPy."""
+    stage_spec = _spec(tmp_path)
+    record, _, _ = run_planner(stage_spec, tmp_path)
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from importlib.metadata import entry_points
+        sys.path.insert(0, {str(HERE)!r})
+        (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "gisjob-operator"]
+        ep.load()
+        import gisjob_operator.handlers  # kopf handlers, as `gisjob-operator run` loads them
+        from opsim import Stage
+        stage = Stage(json.loads({json.dumps(json.dumps(stage_spec))}))
+        stage.tick()
+        (planner,) = stage.pods("planner")
+        stage.finish(planner["metadata"]["name"], exit_code=0,
+                     message={json.dumps(json.dumps(record))})
+        for _ in range(30):
+            stage.tick()
+            stage.succeed_workers()
+            fins = stage.pods("finalizer")
+            if fins:
+                stage.finish(fins[0]["metadata"]["name"], exit_code=0,
+                             message=json.dumps({{"exitCode": 0, "manifest": "/m.json"}}))
+        assert stage.status["phase"] == "Succeeded", stage.status
+        heavy = ("rasterio", "pyogrio", "pyarrow", "numpy", "geopandas", "pandas", "osgeo",
+                 "shapely", "pyproj")
+        print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
