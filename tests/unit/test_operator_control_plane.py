@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import write_raster
 from opsim import Stage
 
+from conftest import write_raster
 from gisjob_worker import plandesc
 from gisjob_worker.cli.main import cli
 from gisjob_worker.planner import build_plan
