@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 
 VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n 1)
 IMAGE=${GISJOB_IMAGE:-gisjob:${VERSION}}
+OPERATOR_IMAGE=${GISJOB_OPERATOR_IMAGE:-gisjob-operator:${VERSION}}
 CACHE_DIR=${GISJOB_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/gisjob}
 SUITE=bookworm
 BASE_PACKAGES="python3 python3-venv ca-certificates"
@@ -235,24 +236,29 @@ BUILD_ARGS=(--isolation=chroot --layers --pull=never
   "${secret_args[@]}" -f Dockerfile)
 # The intermediate stages are tagged too, so pruning dangling images below keeps their layer
 # cache (dependency wheels, installed environment): only layers of superseded builds go.
-for stage in builder deps app; do
+for stage in builder deps app operator-deps operator-app; do
   log "image: buildah bud --target $stage -t $CACHE_TAG-$stage [$(elapsed "$T")]"
   buildah bud "${BUILD_ARGS[@]}" --target "$stage" -t "$CACHE_TAG-$stage" . 2>&1 |
     stamp_steps "${EPOCHREALTIME/./}" >&2
 done
-log "image: buildah bud -t $IMAGE (isolation chroot, layer cache on) [$(elapsed "$T")]"
-buildah bud "${BUILD_ARGS[@]}" -t "$IMAGE" . 2>&1 | stamp_steps "${EPOCHREALTIME/./}" >&2
+log "image: buildah bud --target operator -t $OPERATOR_IMAGE [$(elapsed "$T")]"
+buildah bud "${BUILD_ARGS[@]}" --target operator -t "$OPERATOR_IMAGE" . 2>&1 |
+  stamp_steps "${EPOCHREALTIME/./}" >&2
+log "image: buildah bud --target worker -t $IMAGE (isolation chroot, layer cache on) [$(elapsed "$T")]"
+buildah bud "${BUILD_ARGS[@]}" --target worker -t "$IMAGE" . 2>&1 | stamp_steps "${EPOCHREALTIME/./}" >&2
 if [ -z "${GISJOB_IMAGE_KEEP_LAYERS:-}" ]; then # superseded builds' layers: ~1 GB each
   pruned=$(podman image prune --force --filter "label=$BASE_LABEL" 2>/dev/null | grep -c . || true)
   [ "$pruned" = 0 ] || log "image: pruned $pruned superseded layer images [$(elapsed "$T")]"
 fi
-log "image: built $IMAGE ($(podman image inspect --format '{{.Size}}' "$IMAGE" |
-  awk '{ printf "%.0f MB", $1 / 1e6 }')) [$(elapsed "$T")]"
+size_of() { podman image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.0f MB", $1 / 1e6 }'; }
+log "image: built $IMAGE ($(size_of "$IMAGE")) and $OPERATOR_IMAGE ($(size_of "$OPERATOR_IMAGE")) [$(elapsed "$T")]"
 
 if [ -z "${GISJOB_IMAGE_NO_SMOKE:-}" ]; then
   T=$(now)
   podman run --rm --runtime runc --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
     --network none --read-only "$IMAGE" --version >&2
+  podman run --rm --runtime runc --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
+    --network none --read-only "$OPERATOR_IMAGE" --help >/dev/null
   log "image: smoke run ok [$(elapsed "$T")]"
 fi
 log "done [$(elapsed "$T_START")]"

@@ -122,6 +122,30 @@ def wait_pod(
     return wait_for(check, timeout, 0.1, f"pod {namespace}/{name} in {phases}")
 
 
+def can_hide_folders() -> str | None:
+    """Why folders cannot be hidden from a process here (None: they can)."""
+    try:
+        out = subprocess.run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                "mount -t tmpfs gisjob-probe /mnt",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare not usable: {exc}"
+    return None if out.returncode == 0 else f"no mount namespaces here: {out.stderr.strip()}"
+
+
 def terminated(pod: Obj) -> Obj:
     """The first container's terminated state (asserts there is one)."""
     assert pod.status.container_statuses, pod.status
@@ -144,8 +168,12 @@ class OperatorProcess:
         *,
         status_interval: float = 1.0,
         backoff_base: float | None = 1.0,
+        hide: tuple[Path, ...] = (),
     ) -> None:
+        """``hide``: folders the operator must not see — it runs in a mount namespace of its
+        own with an empty tmpfs over each (the operator is a pure control plane)."""
         self.kubeconfig = kubeconfig
+        self.hide = hide
         self.namespace = namespace
         self.log = log
         self.status_interval = status_interval
@@ -170,6 +198,26 @@ class OperatorProcess:
         ]
         if self.backoff_base is not None:
             argv += ["--backoff-base", str(self.backoff_base)]
+        if self.hide:
+            script = (
+                'n=$1; shift; i=0; while [ "$i" -lt "$n" ]; do '
+                'mount -t tmpfs -o size=64k,mode=0555 gisjob-hidden "$1" || exit 97; '
+                'shift; i=$((i+1)); done; exec "$@"'
+            )
+            argv = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                str(len(self.hide)),
+                *map(str, self.hide),
+                *argv,
+            ]
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(
                 argv, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

@@ -661,6 +661,8 @@ class DevCluster:
                 f"--api-audiences={SA_ISSUER}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--endpoint-reconciler-type=none",
+                # pods/log is proxied to the kubelet's port at its InternalIP (loopback)
+                "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
                 "--feature-gates=BoundServiceAccountTokenVolume=true",
                 "--profiling=false",

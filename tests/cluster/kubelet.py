@@ -21,7 +21,10 @@ No container runtime: each pod bound to the node runs its first container's
   original path is rewritten in args/env), truncated to 4096 bytes;
 * pod deletion → SIGTERM to the process group, SIGKILL after the grace period,
   then the pod is removed (``gracePeriodSeconds=0``);
-* survives API-server restarts (re-list + re-watch; failed writes are retried).
+* survives API-server restarts (re-list + re-watch; failed writes are retried);
+* serves container logs over HTTPS on its kubelet port (``/containerLogs/ns/pod/container``
+  with ``limitBytes`` and ``tailLines``), so ``kubectl logs`` and the API's ``pods/log``
+  work as on a real node (the operator reads large plan descriptors that way).
 
 API writes per pod: 1 binding, 1 status patch when running, 1 when terminated,
 1 final delete if it was deleted while running.
@@ -43,12 +46,15 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -452,6 +458,8 @@ class Kubelet:
         self.stopping = threading.Event()
         self.api_calls = 0
         self.started = now_rfc3339()
+        self.log_port = 0
+        self._log_server: ThreadingHTTPServer | None = None
 
     # ------------------------------------------------------------------ queue
     def enqueue(self, uid: str, delay: float = 0.0) -> None:
@@ -534,7 +542,7 @@ class Kubelet:
                 {"type": "InternalIP", "address": POD_IP},
                 {"type": "Hostname", "address": self.node_name},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.log_port}},
             "nodeInfo": {
                 "machineID": _read("/etc/machine-id"),
                 "systemUUID": "",
@@ -1453,8 +1461,85 @@ class Kubelet:
     def _call(self) -> None:
         self.api_calls += 1
 
+    # ------------------------------------------------------------------ logs
+    def log_file(self, namespace: str, name: str, container: str) -> Path | None:
+        """The log of a pod's container (running or finished, until the pod is removed)."""
+        key = f"{namespace}/{name}"
+        with self.lock:
+            for rt in self.runtimes.values():
+                if rt.key == key and rt.container.get("name") == container and rt.log_path:
+                    return rt.log_path
+        return None
+
+    def serve_logs(self) -> None:
+        """The kubelet's HTTPS endpoint for ``pods/log`` (the API server proxies to it; it
+        does not verify a kubelet's serving certificate unless told to)."""
+        cert_dir = self.root / "serving"
+        cert_dir.mkdir(exist_ok=True)
+        cert, key = cert_dir / "kubelet.crt", cert_dir / "kubelet.key"
+        if not cert.exists():
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "30",
+                    "-subj",
+                    f"/CN={self.node_name}",
+                    "-addext",
+                    f"subjectAltName=IP:{POD_IP}",
+                    "-keyout",
+                    str(key),
+                    "-out",
+                    str(cert),
+                ],
+                check=True,
+                capture_output=True,
+            )
+        kubelet = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, fmt: str, *args: Any) -> None:
+                log.debug("logs: " + fmt, *args)
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                parts = url.path.strip("/").split("/")
+                if len(parts) != 4 or parts[0] != "containerLogs":
+                    self.send_error(404, "not found")
+                    return
+                path = kubelet.log_file(parts[1], parts[2], parts[3])
+                if path is None:
+                    self.send_error(404, f"container {parts[3]} of {parts[1]}/{parts[2]} not found")
+                    return
+                query = urllib.parse.parse_qs(url.query)
+                data = path.read_bytes()
+                if "tailLines" in query:
+                    n = int(query["tailLines"][0])
+                    data = b"".join(data.splitlines(keepends=True)[-n:]) if n > 0 else b""
+                if "limitBytes" in query:
+                    data = data[: int(query["limitBytes"][0])]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        server = ThreadingHTTPServer((POD_IP, 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        self.log_port = server.server_address[1]
+        self._log_server = server
+        threading.Thread(target=server.serve_forever, name="logs", daemon=True).start()
+
     def run(self) -> None:
         deadline = time.monotonic() + 60
+        self.serve_logs()
         while True:
             try:
                 self.register()

@@ -13,11 +13,13 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements" / "runtime.lock"
+OPERATOR_LOCK = ROOT / "requirements" / "operator.lock"
+DATA_STACK = {"rasterio", "pyogrio", "pyarrow", "numpy", "geopandas", "pandas", "shapely", "pyproj"}
 
 
-def _lock() -> dict[str, str]:
+def _lock(path: Path = LOCK) -> dict[str, str]:
     pins = {}
-    for raw in LOCK.read_text().splitlines():
+    for raw in path.read_text().splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -53,6 +55,20 @@ def test_lock_is_this_environment_runtime_closure() -> None:
     )
 
 
+def test_operator_lock_is_the_control_planes_closure_without_the_data_stack() -> None:
+    pins = _lock(OPERATOR_LOCK)
+    assert pins == _lock_script().closure(requirements=_lock_script().operator_roots()), (
+        f"{OPERATOR_LOCK.name} is stale: run .venv/bin/python scripts/lock.py"
+    )
+    assert {"kopf", "kubernetes", "pydantic", "pyyaml"} <= set(pins)
+    assert not DATA_STACK & set(pins)
+    # and the worker's own lock has no Kubernetes stack (workers never import it)
+    assert not {"kopf", "kubernetes"} & set(_lock())
+    assert not {"numexpr", "geopandas", "pandas"} & set(_lock())
+
+
 def test_the_image_and_the_setup_script_use_the_lock() -> None:
-    assert "--constraint requirements/runtime.lock" in (ROOT / "Dockerfile").read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "--constraint requirements/runtime.lock" in dockerfile
+    assert "--constraint requirements/operator.lock" in dockerfile
     assert "-c requirements/runtime.lock" in (ROOT / "scripts" / "setup.sh").read_text()

@@ -122,10 +122,14 @@ def write_raster(path: Path, size: int, bands: int = 4, seed: int = 42) -> None:
 
 
 def write_parcels(path: Path, count: int, seed: int = 7) -> None:
-    """A GeoPackage layer ``parcels``: quadrilateral parcels with population and land use."""
-    import geopandas as gpd
+    """A GeoPackage layer ``parcels``: quadrilateral parcels with population and land use
+    (written through pyogrio's raw arrays: no geopandas/pandas needed)."""
     import shapely
+    from pyogrio.raw import write
 
+    from .gdalenv import import_pyogrio
+
+    import_pyogrio()
     rng = np.random.default_rng(seed)
     per_row = int(np.ceil(np.sqrt(count)))
     idx = np.arange(count)
@@ -144,17 +148,22 @@ def write_parcels(path: Path, count: int, seed: int = 7) -> None:
     rings = np.concatenate([corners, corners[:, :1]], axis=1)
     geoms = shapely.polygons(rings)
     landuse = np.array(["residential", "agricultural", "industrial", "forest"])
-    gdf = gpd.GeoDataFrame(
-        {
-            "parcel_id": idx.astype(np.int64) + 1,
-            "population": rng.lognormal(6.0, 0.8, size=count).astype(np.int64),
-            "landuse": landuse[rng.integers(0, 4, size=count)],
-            "owner": [f"owner-{i % 9973:04d}" for i in idx],
-        },
-        geometry=geoms,
+    population = rng.lognormal(6.0, 0.8, size=count).astype(np.int64)
+    kinds = landuse[rng.integers(0, 4, size=count)]
+    owners = np.array([f"owner-{i % 9973:04d}" for i in idx], dtype=object)
+    if path.exists():
+        path.unlink()
+    write(
+        str(path),
+        geometry=np.asarray(shapely.to_wkb(geoms), dtype=object),
+        field_data=[idx.astype(np.int64) + 1, population, kinds.astype(object), owners],
+        fields=["parcel_id", "population", "landuse", "owner"],
+        layer="parcels",
+        driver="GPKG",
+        geometry_type="Polygon",
         crs=DEMO_CRS,
+        encoding="UTF-8",
     )
-    gdf.to_file(path, layer="parcels", driver="GPKG", engine="pyogrio")
 
 
 def write_demo(

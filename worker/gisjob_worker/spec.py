@@ -7,7 +7,9 @@ path, e.g. ``job.yaml: spec.resources.memoryHeadroom: must be between 0.05 and 1
 
 from __future__ import annotations
 
+import glob as globmod
 import os
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -306,27 +308,169 @@ def resolve_paths(job: GisJob, base: Path) -> GisJob:
     return resolved
 
 
+# Limits on a job document (a hostile or broken file fails at once, with one line): the size
+# of the text, its nesting and its values with YAML aliases expanded (an "alias bomb" is a few
+# hundred bytes that validation would expand to billions of values).
+MAX_JOB_BYTES = 1024**2
+MAX_JOB_DEPTH = 64
+MAX_JOB_VALUES = 100_000
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class _JobLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` with a nesting limit (the composer recurses once per level)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_JOB_DEPTH:
+                raise _TooDeep(parent.start_mark.line + 1 if parent is not None else 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_values(data: Any, source: str) -> None:
+    """Refuse documents whose values, aliases expanded, pass :data:`MAX_JOB_VALUES`."""
+    stack = [data]
+    count = 0
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > MAX_JOB_VALUES:
+            raise SpecError(
+                f"{source}: more than {MAX_JOB_VALUES:,} values once YAML aliases are expanded: "
+                "not a job document"
+            )
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
 def load_job_text(text: str, source: str, base: Path | None = None) -> GisJob:
+    """Parse and validate a job document; with ``base``, relative local paths are resolved
+    against it. Local inputs that are FIFOs, sockets or devices are refused (see
+    :func:`check_local_inputs`)."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_JOB_BYTES:
+        raise SpecError(_too_large(source, size))
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_JobLoader)  # a SafeLoader: plain data only
+    except _TooDeep as exc:
+        raise SpecError(
+            f"{source}: malformed YAML at line {exc.line}: nested deeper than "
+            f"{MAX_JOB_DEPTH} levels"
+        ) from None
+    except RecursionError:  # pragma: no cover - the depth limit comes first
+        raise SpecError(f"{source}: malformed YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise SpecError(f"{source}: malformed YAML{where}: {problem}") from None
+    _check_values(data, source)
     job = parse_job(data, source)
-    return resolve_paths(job, base) if base is not None else job
+    if base is not None:
+        job = resolve_paths(job, base)
+    check_local_inputs(job)
+    return job
+
+
+def _too_large(source: str, size: int) -> str:
+    return (
+        f"{source}: a job document of {size:,} bytes is over the limit of "
+        f"{MAX_JOB_BYTES // 1024**2} MiB ({MAX_JOB_BYTES:,} bytes); for many inputs use "
+        "spec.input.glob"
+    )
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular, non-directory file is, or None for files and folders."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return None
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path and not path.startswith("/vsi")
+
+
+def check_local_inputs(job: GisJob) -> None:
+    """Refuse local inputs that are FIFOs, sockets or devices: opening one would block until a
+    writer appears (or read forever). Missing paths are left to the planner (it names them);
+    folders are allowed (some vector formats are folders)."""
+    inp = job.spec.input
+    paths: list[tuple[str, str]] = []
+    if inp.uri:
+        paths.append(("spec.input.uri", inp.uri))
+    for i, uri in enumerate(inp.uris or ()):
+        paths.append((f"spec.input.uris[{i}]", uri))
+    if inp.glob and _is_local(inp.glob):
+        paths.extend(("spec.input.glob", match) for match in globmod.glob(inp.glob))
+    for field, path in paths:
+        if not _is_local(path):
+            continue
+        try:
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):
+            continue
+        kind = _file_kind(mode)
+        if kind is not None:
+            raise SpecError(f"{job.source}: {field}: {path} is {kind}, not a file GDAL can read")
+
+
+def _read_job_file(p: Path) -> str:
+    """The text of a job file: a regular file of at most :data:`MAX_JOB_BYTES` (a FIFO or
+    device is refused at once instead of blocking or reading forever)."""
+    try:
+        # O_NONBLOCK: opening a FIFO without a writer returns at once (to be refused below)
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SpecError(f"{p}: job file not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{p}: is a directory, not a job file") from None
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read job file: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise SpecError(f"{p}: is a directory, not a job file")
+        kind = _file_kind(st.st_mode)
+        if kind is not None:
+            raise SpecError(f"{p}: is {kind}, not a job file (give a regular file)")
+        if st.st_size > MAX_JOB_BYTES:
+            raise SpecError(_too_large(str(p), st.st_size))
+        with open(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_JOB_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read job file: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_JOB_BYTES:  # grew since fstat, or a /proc-like file of size 0
+        raise SpecError(_too_large(str(p), len(data)))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{p}: cannot read job file: not UTF-8 text (byte {exc.start})") from None
 
 
 def load_job(path: str | os.PathLike[str]) -> GisJob:
     """Read and validate a job file; relative paths in it are relative to the file's folder."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{p}: job file not found") from None
-    except IsADirectoryError:
-        raise SpecError(f"{p}: is a directory, not a job file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{p}: cannot read job file: {exc}") from None
-    return load_job_text(text, str(p), base=p.resolve().parent)
+    return load_job_text(_read_job_file(p), str(p), base=p.resolve().parent)

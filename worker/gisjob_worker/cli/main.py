@@ -6,16 +6,24 @@ import click
 
 from .. import __version__
 from .demo import demo
+from .errors import DEBUG_KEY, OneLineErrorGroup
 from .operations import operations
 from .plan import plan
 from .run import run
 from .worker import worker
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gisjob")
-def cli() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show the traceback of an unexpected error (otherwise: one line).",
+)
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """Memory-bounded geospatial batch jobs: one GisJob runs here or on Kubernetes."""
+    ctx.meta[DEBUG_KEY] = debug
 
 
 cli.add_command(plan)

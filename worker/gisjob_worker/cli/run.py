@@ -3,19 +3,93 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import sys
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, InputError
 from .errors import one_line_errors
 
+if TYPE_CHECKING:
+    from ..plan import Plan
+
+PORT_MAX = 65535
+SYSTEM_TREES = (Path("/proc"), Path("/sys"))
+SHOWN_RESULTS = 10
+
 
 def _workers(value: str) -> str:
     if value != "auto" and (not value.isdigit() or int(value) < 1):
         raise click.BadParameter(f"must be a positive number or 'auto' (got {value!r})")
     return value
+
+
+def check_ports(base: int | None, workers: int) -> None:
+    """Worker slot k serves metrics on ``base + k``: every one of them must be a port."""
+    if base is None:
+        return
+    last = base + workers - 1
+    if last > PORT_MAX:
+        raise InputError(
+            f"--metrics-port-base: {base} with {workers} worker(s) needs ports up to {last}, "
+            f"past {PORT_MAX}: use a base of at most {PORT_MAX - workers + 1}"
+        )
+
+
+def check_writable_dir(path: str | Path, what: str) -> None:
+    """Refuse, before anything runs, a folder this run could not write to: under /proc or
+    /sys, an existing file, or a place where creating a file fails (read-only file system,
+    permissions). The probe creates and removes a uniquely named file in the folder, or in
+    its nearest existing parent when the folder is still to be created (so nothing is left
+    behind when the run stops before its first tile)."""
+    text = str(path)
+    if "://" in text or text.startswith("/vsi"):
+        return  # not a local folder: the output layer reports its own errors
+    target = Path(os.path.abspath(text))
+    resolved = target.resolve()
+    for tree in SYSTEM_TREES:
+        if resolved == tree or tree in resolved.parents:
+            raise InputError(f"{what}: {text} is under {tree}: not a place for output")
+    existing = resolved
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == resolved:
+            raise InputError(f"{what}: {text} is an existing file, not a folder")
+        raise InputError(f"{what}: {text}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gisjob-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{what}: cannot write to {text}: {exc.strerror or exc}") from None
+
+
+def result_lines(manifest: dict[str, Any], plan: Plan, out_dir: Path) -> list[str]:
+    """Where the result is: each mosaic VRT (with its input when there are several), or the
+    dataset folder of a vector job."""
+    lines: list[str] = []
+    mosaics: list[str] = list(manifest.get("mosaics") or [])
+    inputs = {f.index: f.uri for f in plan.files}
+    for name in mosaics[:SHOWN_RESULTS]:
+        m = re.fullmatch(r"mosaic-i(\d+)\.vrt", name)
+        source = inputs.get(int(m.group(1))) if m else None
+        lines.append(f"mosaic: {out_dir / name}" + (f"  (from {source})" if source else ""))
+    if len(mosaics) > SHOWN_RESULTS:
+        lines.append(
+            f"mosaic: ... {len(mosaics) - SHOWN_RESULTS} more (all listed in manifest.json)"
+        )
+    dataset = manifest.get("dataset")
+    if dataset:
+        fmt = manifest.get("outputFormat") or plan.output_format
+        kind = "GeoParquet dataset" if fmt == "GeoParquet" else f"{fmt} parts"
+        lines.append(f"dataset: {out_dir / dataset}  ({kind})")
+    return lines
 
 
 @click.command()
@@ -56,7 +130,7 @@ def _workers(value: str) -> str:
 )
 @click.option(
     "--metrics-port-base",
-    type=int,
+    type=click.IntRange(1, PORT_MAX),
     help="Workers serve Prometheus metrics on BASE, BASE+1, ... (one port per "
     "worker slot) while they run.",
 )
@@ -82,6 +156,8 @@ def run(
     metrics_linger: float,
 ) -> None:
     """Plan JOB_FILE and run every tile locally as memory-capped worker processes."""
+    if workers != "auto":
+        check_ports(metrics_port_base, int(workers))
     from ..forkserver import ForkServer  # light: no GDAL, no NumPy
 
     # started first, the server imports the worker stack while this process imports, checks
@@ -97,6 +173,8 @@ def run(
 
         logs.configure()
         job = load_job(job_file)
+        n = default_workers(job.spec.parallelism) if workers == "auto" else int(workers)
+        check_ports(metrics_port_base, n)
         if memory_text:
             try:
                 allowance = parse_memory(memory_text)
@@ -106,6 +184,9 @@ def run(
                 raise InputError(f"--memory: must be greater than zero (got {memory_text})")
         else:
             allowance = default_allowance()
+        check_writable_dir(job.spec.output.uri, f"{job.source}: spec.output.uri")
+        if report_dir is not None:
+            check_writable_dir(report_dir, "--report")
         res = job.spec.resources
         gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
         from ..executor import LocalExecutor, RunOptions
@@ -113,7 +194,6 @@ def run(
         from ..progress import make_progress, print_summary, summarize
 
         plan = build_plan(job)
-        n = default_workers(job.spec.parallelism) if workers == "auto" else int(workers)
         options = RunOptions(
             job_file=job_file.resolve(),
             workers=n,
@@ -140,7 +220,10 @@ def run(
 
             for p in write_report(report_dir, summary, result.samples):
                 click.echo(f"report: {p}", err=True)
-        click.echo(f"manifest: {Path(job.spec.output.uri) / 'manifest.json'}", err=True)
+        out_dir = Path(job.spec.output.uri)
+        for line in result_lines(result.manifest, plan, out_dir):
+            click.echo(line, err=True)
+        click.echo(f"manifest: {out_dir / 'manifest.json'}", err=True)
         if result.interrupted:
             click.echo(
                 "gisjob: interrupted: manifest written with the tiles that finished", err=True

@@ -1,0 +1,388 @@
+"""The CLI edge (issue 15): every error one line ``gisjob: error: ...`` with a non-zero exit
+(2 for bad input), checked before anything runs; ``--debug`` for a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from gisjob_worker import gdalenv, logs
+from gisjob_worker.cli.main import cli
+from gisjob_worker.cli.run import result_lines
+from gisjob_worker.planner import build_plan
+from gisjob_worker.spec import MAX_JOB_BYTES, MAX_JOB_DEPTH, load_job
+
+WriteJob = Callable[..., Path]
+JobDoc = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture(autouse=True)
+def _no_process_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process commands: keep structlog (configured onto the runner's stderr) and GDAL
+    (configured once per process, before rasterio is imported) as the other tests have them."""
+    monkeypatch.setattr(logs, "configure", lambda *a, **k: None)
+    monkeypatch.setattr(gdalenv, "configure", lambda *a, **k: None)
+
+
+@pytest.fixture
+def no_planning(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Fail loudly if a command gets as far as planning (checks must come first)."""
+    calls: list[str] = []
+
+    def refuse(job: Any) -> Any:
+        calls.append(job.name)
+        raise AssertionError("planned although a check should have stopped the run")
+
+    monkeypatch.setattr("gisjob_worker.planner.build_plan", refuse)
+    yield calls
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), prog_name="gisjob")
+
+
+def one_error_line(result: Result) -> str:
+    """The stderr of a failed command: exactly one line, ``gisjob: error: ...``."""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gisjob: error: "), lines[0]
+    assert "Traceback" not in result.output + result.stderr
+    return lines[0]
+
+
+def _raster_job(write_job: WriteJob, job_doc: JobDoc, raster: Path, out: Path, **spec: Any) -> Path:
+    doc = job_doc(
+        input={"uri": str(raster)},
+        operation={"name": "scale", "params": {}},
+        output={"uri": str(out)},
+        **spec,
+    )
+    return write_job(doc)
+
+
+# ------------------------------------------------------------------------------ item 8
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_yaml_nested_20000_deep_is_one_line(
+    tmp_path: Path, command: str, no_planning: list[str]
+) -> None:
+    job = tmp_path / "deep.yaml"
+    job.write_text("spec: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    result = (
+        invoke(command, "--no-fork-server", str(job))
+        if command == "run"
+        else invoke(command, str(job))
+    )
+    assert result.exit_code == 2, result.stderr
+    line = one_error_line(result)
+    assert f"{job}: malformed YAML at line 1: nested deeper than {MAX_JOB_DEPTH} levels" in line
+
+
+def test_block_style_nesting_is_limited_too(tmp_path: Path) -> None:
+    text = "".join(f"{'  ' * i}k{i}:\n" for i in range(MAX_JOB_DEPTH + 5)) + "  " * 70 + "x: 1\n"
+    job = tmp_path / "deep.yaml"
+    job.write_text(text)
+    result = invoke("plan", str(job))
+    assert result.exit_code == 2
+    assert f"nested deeper than {MAX_JOB_DEPTH} levels" in one_error_line(result)
+
+
+def test_job_file_over_1mib_is_refused_before_parsing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = tmp_path / "huge.yaml"
+    job.write_text("# padding\n" * (MAX_JOB_BYTES // 10 + 1))
+    parsed: list[str] = []
+    monkeypatch.setattr("yaml.load", lambda *a, **k: parsed.append("yaml") or {})
+    result = invoke("plan", str(job))
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert line == (
+        f"gisjob: error: {job}: a job document of {job.stat().st_size:,} bytes is over the "
+        "limit of 1 MiB (1,048,576 bytes); for many inputs use spec.input.glob"
+    )
+    assert parsed == []
+
+
+def test_job_file_of_exactly_the_limit_is_read(
+    write_job: WriteJob, job_doc: JobDoc, raster_1024: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    text = yaml.safe_dump(
+        job_doc(input={"uri": str(raster_1024)}, output={"uri": str(tmp_path / "o")})
+    )
+    text += "#" * (MAX_JOB_BYTES - len(text) - 1) + "\n"
+    job = write_job(text)
+    assert job.stat().st_size == MAX_JOB_BYTES
+    assert load_job(job).name == "unit-job"
+
+
+def test_alias_bomb_is_refused(tmp_path: Path, no_planning: list[str]) -> None:
+    levels = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i, name in enumerate("bcdefghi"):
+        prev = "abcdefghi"[i]
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]")
+    job = tmp_path / "bomb.yaml"
+    job.write_text("\n".join(levels) + "\n")  # 10^9 values once expanded, 600 bytes
+    result = invoke("plan", str(job))
+    assert result.exit_code == 2
+    assert "more than 100,000 values once YAML aliases are expanded" in one_error_line(result)
+
+
+def test_non_utf8_job_file_is_one_line(tmp_path: Path) -> None:
+    job = tmp_path / "latin1.yaml"
+    job.write_bytes(b"metadata: {name: caf\xe9}\n")
+    result = invoke("plan", str(job))
+    assert result.exit_code == 2
+    assert f"{job}: cannot read job file: not UTF-8 text (byte 20)" in one_error_line(result)
+
+
+def test_unexpected_exception_is_one_line_and_debug_shows_it(
+    write_job: WriteJob,
+    job_doc: JobDoc,
+    raster_1024: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = _raster_job(write_job, job_doc, raster_1024, tmp_path / "out")
+
+    def broken(job: Any) -> Any:
+        raise RuntimeError("boom\n  on two lines")
+
+    monkeypatch.setattr("gisjob_worker.planner.build_plan", broken)
+    result = invoke("plan", str(job))
+    assert result.exit_code == 1
+    assert one_error_line(result) == (
+        "gisjob: error: RuntimeError: boom on two lines (gisjob --debug ... shows the traceback)"
+    )
+    debug = invoke("--debug", "plan", str(job))
+    assert debug.exit_code == 1
+    assert isinstance(debug.exception, RuntimeError)  # raised through: click prints it
+    assert "gisjob: error" not in debug.stderr
+
+
+def test_unexpected_exception_in_any_command_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> Any:
+        raise KeyError("entry point")
+
+    monkeypatch.setattr("gisjob_worker.registry.registry", broken)
+    result = invoke("operations")
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith("gisjob: error: KeyError: 'entry point'")
+    assert isinstance(invoke("--debug", "operations").exception, KeyError)
+
+
+def test_usage_errors_are_one_line_exit_2() -> None:
+    for args, expected in [
+        (["run"], "Missing argument 'JOB_FILE'. (see 'gisjob run --help')"),
+        (["--bogus"], "No such option '--bogus'"),
+        (["plan", "--nope", "x.yaml"], "No such option '--nope'"),
+    ]:
+        result = invoke(*args)
+        assert result.exit_code == 2, args
+        assert expected in one_error_line(result), args
+
+
+def test_no_arguments_still_prints_the_help() -> None:
+    result = invoke()
+    assert "Usage: gisjob" in result.output + result.stderr
+    assert "--debug" in result.output + result.stderr
+
+
+# ------------------------------------------------------------------------------ item 10
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--metrics-port-base", "99999"], "'--metrics-port-base': 99999 is not in the range"),
+        (["--metrics-port-base", "0"], "'--metrics-port-base': 0 is not in the range"),
+        (
+            ["--metrics-port-base", "65535", "--workers", "2"],
+            "--metrics-port-base: 65535 with 2 worker(s) needs ports up to 65536, past 65535: "
+            "use a base of at most 65534",
+        ),
+        (
+            ["--metrics-port-base", "65000", "--workers", "600"],
+            "needs ports up to 65599, past 65535: use a base of at most 64936",
+        ),
+        (["--workers", "0"], "'--workers': must be a positive number or 'auto' (got '0')"),
+        (["--workers", "-3"], "'--workers': must be a positive number or 'auto'"),
+        (["--metrics-linger", "-1"], "'--metrics-linger': -1.0 is not in the range"),
+        (["--memory", "8gb"], "--memory: lower-case 'gb' is ambiguous"),
+        (["--memory", "0"], "--memory: must be greater than zero (got 0)"),
+    ],
+)
+def test_run_flags_are_checked_up_front(
+    write_job: WriteJob,
+    job_doc: JobDoc,
+    raster_1024: Path,
+    tmp_path: Path,
+    no_planning: list[str],
+    flags: list[str],
+    expected: str,
+) -> None:
+    out = tmp_path / "out"
+    job = _raster_job(write_job, job_doc, raster_1024, out)
+    result = invoke("run", "--no-fork-server", *flags, str(job))
+    assert result.exit_code == 2, result.stderr
+    assert expected in one_error_line(result)
+    assert no_planning == []
+    assert not out.exists()
+
+
+def test_auto_workers_are_counted_in_the_port_check(
+    write_job: WriteJob,
+    job_doc: JobDoc,
+    raster_1024: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_planning: list[str],
+) -> None:
+    monkeypatch.setattr("gisjob_worker.allowance.default_workers", lambda parallelism: 3)
+    job = _raster_job(write_job, job_doc, raster_1024, tmp_path / "out", parallelism=3)
+    result = invoke("run", "--no-fork-server", "--metrics-port-base", "65534", str(job))
+    assert result.exit_code == 2
+    assert "65534 with 3 worker(s) needs ports up to 65536" in one_error_line(result)
+
+
+@pytest.mark.parametrize(("memory", "shown"), [("1MB", "976.6 KiB"), ("1MiB", "1.0 MiB")])
+def test_memory_spellings_reach_the_allowance(
+    write_job: WriteJob,
+    job_doc: JobDoc,
+    raster_1024: Path,
+    tmp_path: Path,
+    memory: str,
+    shown: str,
+) -> None:
+    """``--memory 1MB`` is accepted (10^6 bytes, as Kubernetes' 1M); the allowance check
+    (every tile needs more) shows which number it became."""
+    job = _raster_job(write_job, job_doc, raster_1024, tmp_path / "out")
+    result = invoke("run", "--no-fork-server", "--memory", memory, str(job))
+    assert result.exit_code == 2
+    assert f"but the allowance is {shown}" in one_error_line(result)
+
+
+# ------------------------------------------------------------------------------- item 7
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("/proc/gisjob-out", "spec.output.uri: /proc/gisjob-out is under /proc: not a place"),
+        ("/sys/kernel/gisjob", "spec.output.uri: /sys/kernel/gisjob is under /sys"),
+        ("FILE", "spec.output.uri: {file} is an existing file, not a folder"),
+        ("FILE/sub", "spec.output.uri: {file}/sub: {file} is a file, not a folder"),
+    ],
+)
+def test_unwritable_output_is_refused_before_planning(
+    write_job: WriteJob,
+    job_doc: JobDoc,
+    raster_1024: Path,
+    tmp_path: Path,
+    no_planning: list[str],
+    where: str,
+    expected: str,
+) -> None:
+    existing = tmp_path / "taken.txt"
+    existing.write_text("not a folder\n")
+    out = where.replace("FILE", str(existing))
+    job = _raster_job(write_job, job_doc, raster_1024, Path(out))
+    result = invoke("run", "--no-fork-server", str(job))
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert line.startswith(f"gisjob: error: {job}: ")
+    assert expected.format(file=existing) in line
+    assert existing.read_text() == "not a folder\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "taken.txt"]
+
+
+@pytest.mark.parametrize("report", ["/proc/gisjob-report", "/sys/gisjob-report"])
+def test_unwritable_report_is_refused_before_the_run(
+    write_job: WriteJob,
+    job_doc: JobDoc,
+    raster_1024: Path,
+    tmp_path: Path,
+    no_planning: list[str],
+    report: str,
+) -> None:
+    out = tmp_path / "out"
+    job = _raster_job(write_job, job_doc, raster_1024, out)
+    result = invoke("run", "--no-fork-server", "--report", report, str(job))
+    assert result.exit_code == 2
+    assert f"--report: {report} is under /" in one_error_line(result)
+    assert not out.exists()
+
+
+def test_report_that_is_a_file_is_a_one_line_usage_error(
+    write_job: WriteJob, job_doc: JobDoc, raster_1024: Path, tmp_path: Path
+) -> None:
+    job = _raster_job(write_job, job_doc, raster_1024, tmp_path / "out")
+    result = invoke("run", "--no-fork-server", "--report", str(job), str(job))
+    assert result.exit_code == 2
+    assert "'--report'" in one_error_line(result)
+
+
+def test_writable_output_probe_leaves_nothing_behind(tmp_path: Path) -> None:
+    from gisjob_worker.cli.run import check_writable_dir
+
+    check_writable_dir(tmp_path / "a" / "b" / "out", "spec.output.uri")
+    check_writable_dir(tmp_path, "spec.output.uri")
+    assert list(tmp_path.iterdir()) == []
+    check_writable_dir("s3://bucket/out", "spec.output.uri")  # not local: not probed
+
+
+# ------------------------------------------------------------------------------ item 14
+
+
+def test_result_lines_name_each_mosaic_with_its_input(
+    write_job: WriteJob, job_doc: JobDoc, make_raster: Callable[..., Path], tmp_path: Path
+) -> None:
+    a = make_raster(tmp_path / "a.tif", width=128, height=128)
+    b = make_raster(tmp_path / "b.tif", width=128, height=128)
+    job = load_job(
+        write_job(
+            job_doc(
+                input={"uris": [str(a), str(b)]},
+                operation={"name": "scale", "params": {}},
+                output={"uri": str(tmp_path / "out")},
+            )
+        )
+    )
+    plan = build_plan(job)
+    out = tmp_path / "out"
+    manifest = {"mosaics": ["mosaic-i0000.vrt", "mosaic-i0001.vrt"]}
+    assert result_lines(manifest, plan, out) == [
+        f"mosaic: {out / 'mosaic-i0000.vrt'}  (from {a})",
+        f"mosaic: {out / 'mosaic-i0001.vrt'}  (from {b})",
+    ]
+    assert result_lines({"mosaics": ["mosaic.vrt"]}, plan, out) == [f"mosaic: {out / 'mosaic.vrt'}"]
+    many = {"mosaics": [f"mosaic-i{i:04d}.vrt" for i in range(25)]}
+    lines = result_lines(many, plan, out)
+    assert len(lines) == 11
+    assert lines[-1] == "mosaic: ... 15 more (all listed in manifest.json)"
+
+
+def test_result_lines_name_the_dataset_folder(
+    write_job: WriteJob, job_doc: JobDoc, vector_25: Path, tmp_path: Path
+) -> None:
+    job = load_job(
+        write_job(
+            job_doc(
+                input={"uri": str(vector_25), "layer": "parcels"},
+                operation={"name": "filter", "params": {}},
+                output={"uri": str(tmp_path / "out"), "format": "GeoParquet"},
+            )
+        )
+    )
+    plan = build_plan(job)
+    manifest = {"dataset": "parts", "outputFormat": "GeoParquet"}
+    assert result_lines(manifest, plan, tmp_path / "out") == [
+        f"dataset: {tmp_path / 'out' / 'parts'}  (GeoParquet dataset)"
+    ]
