@@ -67,11 +67,12 @@ def test_fifo_as_input_is_refused_at_once(tmp_path: Path, field: str, command: s
     good = make_raster(tmp_path / "a.tif", 256, 256, count=2)
     fifo = tmp_path / "b.tif"
     os.mkfifo(fifo)
-    input_: dict[str, Any] = {
+    inputs: dict[str, dict[str, Any]] = {
         "uri": {"uri": str(fifo)},
         "uris": {"uris": [str(good), str(fifo)]},
         "glob": {"glob": str(tmp_path / "*.tif")},
-    }[field]
+    }
+    input_ = inputs[field]
     job = _ndvi(tmp_path, input_)
     run = run_cli(command, str(job), timeout=TIMEOUT)
     assert run.code == 2, run.stderr

@@ -98,7 +98,12 @@ def test_job_file_over_1mib_is_refused_before_parsing(
     job = tmp_path / "huge.yaml"
     job.write_text("# padding\n" * (MAX_JOB_BYTES // 10 + 1))
     parsed: list[str] = []
-    monkeypatch.setattr("yaml.load", lambda *a, **k: parsed.append("yaml") or {})
+
+    def parse(*args: Any, **kwargs: Any) -> Any:
+        parsed.append("yaml")
+        return {}
+
+    monkeypatch.setattr("yaml.load", parse)
     result = invoke("plan", str(job))
     assert result.exit_code == 2
     line = one_error_line(result)
