@@ -391,3 +391,35 @@ def test_result_lines_name_the_dataset_folder(
     assert result_lines(manifest, plan, tmp_path / "out") == [
         f"dataset: {tmp_path / 'out' / 'parts'}  (GeoParquet dataset)"
     ]
+
+
+# ------------------------------------------------------------------------------ item 16
+
+
+def test_operations_prints_the_names_a_job_file_uses() -> None:
+    from gisjob_worker.registry import registry
+
+    result = invoke("operations")
+    assert result.exit_code == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert rows["filter"].endswith("params: where, columns, area, areaColumn, equalAreaCrs")
+    assert "area_column" not in result.stdout and "equal_area_crs" not in result.stdout
+    for name, op in registry().items():
+        printed = rows[name].split("params: ", 1)[1].split(", ")
+        schema = op.params_model.model_json_schema(by_alias=True)
+        assert printed == list(schema.get("properties", {})), name
+
+
+def test_param_names_follow_an_alias_generator() -> None:
+    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic.alias_generators import to_camel
+
+    from gisjob_worker.cli.operations import param_names
+
+    class PluginParams(BaseModel):
+        model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+        window_size: int = 3
+        no_data_value: float = Field(0.0, alias="nodata")
+        band: int = 1
+
+    assert param_names(PluginParams) == ["windowSize", "nodata", "band"]
