@@ -42,6 +42,8 @@ def _version() -> str:
 
 
 IMAGE = os.environ.get("GISJOB_IMAGE") or f"gisjob:{_version()}"
+OPERATOR_IMAGE = os.environ.get("GISJOB_OPERATOR_IMAGE") or f"gisjob-operator:{_version()}"
+DATA_STACK = ("rasterio", "pyogrio", "pyarrow", "numpy", "geopandas", "pandas", "shapely")
 
 
 def _podman_image_exists(ref: str) -> bool:
@@ -79,6 +81,22 @@ def image() -> str:
             "(or set GISJOB_BUILD_IMAGE=1)"
         )
     return IMAGE
+
+
+@pytest.fixture(scope="module")
+def operator_image(image: str) -> str:
+    """The operator image (built together with the worker image)."""
+    if not _podman_image_exists(OPERATOR_IMAGE):
+        pytest.skip(f"image {OPERATOR_IMAGE} not in container storage: run scripts/build-image.sh")
+    return OPERATOR_IMAGE
+
+
+def _image_size(ref: str) -> int:
+    proc = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Size}}", ref],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(proc.stdout.strip())
 
 
 def _image_revision(image: str) -> str:
@@ -271,30 +289,46 @@ def test_runs_as_non_root_on_a_read_only_root(image: str) -> None:
 
 
 def test_entry_points(image: str) -> None:
-    """`gisjob` is the entry point (help by default); both console scripts are on PATH."""
+    """`gisjob` is the worker image's entry point (help by default)."""
     proc = podman_run(image)
     assert proc.returncode == 0, proc.stderr
     assert "worker" in proc.stdout and "run" in proc.stdout
+    for command in ("planner", "finalize"):
+        assert command in proc.stdout
     proc = podman_run(image, "--version")
     assert proc.returncode == 0, proc.stderr
     assert _version() in proc.stdout
-    proc = podman_run(image, "--help", entrypoint="gisjob-operator")
-    assert proc.returncode == 0, proc.stderr
-    assert "crd" in proc.stdout
     # the operations registry comes from gisjob's entry points (its dist-info is in the image)
     proc = podman_run(image, "operations")
     assert proc.returncode == 0, proc.stderr
     for name in ("scale", "ndvi", "expression", "filter"):
         assert name in proc.stdout
-    # the operator's run-time stack imports on a read-only root
-    code = "import kopf, kubernetes, gisjob_operator.controller, gisjob_operator.handlers"
-    proc = podman_run(image, "-c", code, entrypoint="python3")
+
+
+def test_two_images_each_without_the_others_stack(image: str, operator_image: str) -> None:
+    """The worker image has no Kubernetes libraries; the operator image no data stack, and
+    its control plane (kopf handlers, controller) imports on a read-only root."""
+    probe = "import importlib.util as u, sys; print([m for m in sys.argv[1:] if u.find_spec(m)])"
+    proc = podman_run(image, "-c", probe, "kopf", "kubernetes", entrypoint="python3")
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    proc = podman_run(operator_image, "-c", probe, *DATA_STACK, entrypoint="python3")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    code = "import kopf, kubernetes, gisjob_operator.controller, gisjob_operator.handlers"
+    proc = podman_run(operator_image, "-c", code, entrypoint="python3")
+    assert proc.returncode == 0, proc.stderr
+    proc = podman_run(operator_image, "--help")
+    assert proc.returncode == 0 and "crd" in proc.stdout, proc.stderr
+    worker_mb, operator_mb = _image_size(image) / 1e6, _image_size(operator_image) / 1e6
+    print(f"image sizes: {image} {worker_mb:.0f} MB, {operator_image} {operator_mb:.0f} MB")
+    assert operator_mb < 200, f"operator image is {operator_mb:.0f} MB (goal: < 200 MB)"
 
 
-def test_operator_crd_matches_committed(image: str) -> None:
+def test_operator_crd_matches_committed(operator_image: str) -> None:
     """`gisjob-operator crd` in the image prints the CRD that deploy/crd.yaml commits."""
-    proc = podman_run(image, "crd", entrypoint="gisjob-operator")
+    image = operator_image
+    proc = podman_run(image, "crd")
     assert proc.returncode == 0, proc.stderr
     printed = yaml.safe_load(proc.stdout)
     assert printed["kind"] == "CustomResourceDefinition"
