@@ -1,9 +1,10 @@
 """The operator on a real API server with the test kubelet: kubectl apply to Succeeded.
 
 The operator runs as a real process (``gisjob-operator run``) with exactly the identity
-``deploy/rbac.yaml`` grants, watching one namespace per test module. Worker pods run as
-memory-capped processes under the test kubelet; their data lives in host folders mounted at
-the same paths.
+``deploy/rbac.yaml`` grants, watching one namespace per test module — and, where the machine
+allows mount namespaces, with the tests' data folder hidden under an empty tmpfs: it is a
+pure control plane. Planner, worker and finalizer pods run as memory-capped processes under
+the test kubelet; their data lives in host folders mounted at the same paths.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from clusterutil import Api, ClusterHandle, OperatorProcess, unique, wait_for
+from clusterutil import Api, ClusterHandle, OperatorProcess, can_hide_folders, unique, wait_for
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 
@@ -78,7 +79,10 @@ def setup(
 
 @pytest.fixture(scope="module")
 def operator(setup: dict[str, Any]) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(setup["identity"], setup["namespace"], setup["dir"] / "operator.log")
+    hide = (setup["dir"],) if can_hide_folders() is None else ()
+    op = OperatorProcess(
+        setup["identity"], setup["namespace"], setup["dir"] / "operator.log", hide=hide
+    )
     op.start()
     yield op
     op.stop()
@@ -151,9 +155,11 @@ def wait_phase(
         ) from None
 
 
-def job_pods(setup: dict[str, Any], name: str) -> list[Any]:
+def job_pods(setup: dict[str, Any], name: str, role: str = "worker") -> list[Any]:
+    """The job's pods of one role (worker, planner, finalizer; "" for all)."""
     core: Api = setup["core"]
-    pods = core.list_namespaced_pod(setup["namespace"], label_selector=f"gisjob.dev/job={name}")
+    selector = f"gisjob.dev/job={name}" + (f",gisjob.dev/role={role}" if role else "")
+    pods = core.list_namespaced_pod(setup["namespace"], label_selector=selector)
     return list(pods.items)
 
 
@@ -210,6 +216,25 @@ def _read_mosaic(path: Path) -> np.ndarray:
 # ---------------------------------------------------------------------------------- tests
 
 
+def test_operator_cannot_see_the_data(setup: dict[str, Any], operator: OperatorProcess) -> None:
+    """The operator's process sees an empty folder where the tests keep their data (it runs
+    in a mount namespace of its own): everything it does, it does through pods."""
+    reason = can_hide_folders()
+    if reason is not None:
+        pytest.skip(reason)
+    (setup["dir"] / "visible-to-pods.txt").write_text("data")
+    seen = subprocess.run(
+        ["nsenter", "--target", str(operator.pid), "--mount", "ls", "-A", str(setup["dir"])],
+        capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert seen.returncode == 0, seen.stderr
+    assert seen.stdout.split() == [], seen.stdout
+    # and its process has none of the data stack loaded
+    maps = Path(f"/proc/{operator.pid}/maps").read_text()
+    for lib in ("libgdal", "libarrow", "numpy"):
+        assert lib not in maps, f"{lib} is mapped into the operator"
+
+
 def test_invalid_specs_are_rejected_at_apply(setup: dict[str, Any]) -> None:
     data = setup["dir"]
     base = _job("bad", data, {"uri": "/data/x.tif"}, {"name": "ndvi"}, {"uri": "/data/out"})
@@ -252,7 +277,7 @@ def test_spec_the_schema_accepts_but_the_model_rejects_fails_once(
     seq = status["reconcileSeq"]
     time.sleep(4)  # no retry loop: nothing more is written
     assert get_job(setup, "twosources")["status"]["reconcileSeq"] == seq
-    assert job_pods(setup, "twosources") == []
+    assert job_pods(setup, "twosources", role="") == []
 
 
 def test_demo_jobs_succeed_with_outputs_equal_to_local_runs(
@@ -338,7 +363,7 @@ def test_demo_jobs_succeed_with_outputs_equal_to_local_runs(
         "r0001c0001",
     ]
     # succeeded pods are deleted once their results are in the status
-    wait_for(lambda: not job_pods(setup, "ndvi"), timeout=30, what="ndvi pods deleted")
+    wait_for(lambda: not job_pods(setup, "ndvi", role=""), timeout=30, what="ndvi pods deleted")
     table = kubectl(setup["admin"], "get", "gj", "-n", setup["namespace"]).stdout
     header, *rows = table.strip().splitlines()
     assert header.split() == ["NAME", "PHASE", "DONE/TILES", "PEAK", "MEMORY", "AGE"]
@@ -457,7 +482,7 @@ def _many_tiles(setup: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _completed(setup: dict[str, Any], name: str) -> int:
-    from gisjob_operator.ranges import expand
+    from gisjob_worker.ranges import expand
 
     status = get_job(setup, name).get("status") or {}
     return len(expand(status.get("completedTiles") or ""))
@@ -581,7 +606,9 @@ def test_deleting_a_job_mid_run_removes_its_pods(
     )
     assert out.returncode == 0, out.stderr
     wait_for(
-        lambda: not job_pods(setup, "deleteme"), timeout=60, what="pods removed with their job"
+        lambda: not job_pods(setup, "deleteme", role=""),
+        timeout=60,
+        what="pods removed with their job",
     )
 
 
@@ -597,3 +624,98 @@ def test_operator_identity_cannot_read_secrets(
     with pytest.raises(k8s.ApiException) as exc:
         k8s.CoreV1Api(api).list_secret_for_all_namespaces()
     assert exc.value.status == 403
+
+
+def test_a_plan_too_large_for_a_termination_message_comes_through_the_pods_log(
+    setup: dict[str, Any], operator: OperatorProcess
+) -> None:
+    """A multi-file job whose descriptor is over the 4 KiB termination message: the operator
+    reads it from the planner pod's log (pods/log through the API server to the kubelet)."""
+    import secrets
+
+    import rasterio
+    from rasterio.transform import from_origin
+
+    folder = setup["dir"] / "manyfiles"
+    folder.mkdir()
+    uris = []
+    for i in range(120):
+        path = folder / f"scene-{i:03d}-{secrets.token_hex(24)}.tif"
+        with rasterio.open(
+            path, "w", driver="GTiff", width=32, height=32, count=2, dtype="uint16",
+            crs="EPSG:32632", transform=from_origin(600000 + i * 320, 5100000, 10, 10),
+        ) as ds:  # fmt: skip
+            ds.write(np.full((2, 32, 32), i + 1, dtype="uint16"))
+        uris.append(str(path))
+    doc = _job(
+        "manyfiles",
+        setup["dir"],
+        {"uris": uris},
+        {"name": "ndvi", "params": {"nir": 2, "red": 1}},
+        {"uri": str(folder / "out")},
+        suspend=True,  # plan only
+    )
+    assert apply(setup, doc).returncode == 0
+    job = wait_phase(setup, operator, "manyfiles", ("Suspended", "Failed"), timeout=90)
+    assert job["status"]["phase"] == "Suspended", job["status"]
+    assert job["status"]["plan"]["tiles"] == 120
+    (planner,) = job_pods(setup, "manyfiles", role="planner")
+    record = json.loads(planner.status.container_statuses[0].state.terminated.message)
+    assert "descriptor" not in record, "the descriptor fit inline: the test needs a larger one"
+    assert record["descriptorBytes"] > 4096
+    assert record["digest"] == job["status"]["plan"]["digest"]
+    assert job_pods(setup, "manyfiles") == []  # suspended: no workers
+
+
+def test_evicted_worker_without_finished_at_gets_a_successor_as_it_was(
+    setup: dict[str, Any], operator: OperatorProcess
+) -> None:
+    """A worker pod evicted before it ran (phase Failed, reason Evicted, no container state,
+    no finishedAt — what nodes leave): a successor with the same memory, no memory strategy,
+    nothing counted against backoffLimit."""
+    data = _demo(setup["dir"] / "evict")
+    doc = _job(
+        "evict",
+        data,
+        {"uri": str(data / "s2.tif")},
+        {"name": "ndvi", "params": {"nir": 4, "red": 3}},
+        {"uri": str(data / "out")},
+        tiling={"tileSize": 1024},
+        retry={"backoffLimit": 0},
+    )
+    # workers cannot be scheduled yet (no node has this label): they stay Pending
+    doc["spec"]["worker"]["nodeSelector"] = {"gisjob.dev/test": "nowhere"}
+    assert apply(setup, doc).returncode == 0
+    core: Api = setup["core"]
+
+    def evict(name: str) -> None:
+        core.patch_namespaced_pod_status(
+            name,
+            setup["namespace"],
+            {"status": {"phase": "Failed", "reason": "Evicted",
+                        "message": "The node was low on resource: memory."}},
+        )  # fmt: skip
+
+    first = wait_for(lambda: job_pods(setup, "evict"), timeout=60, what="a worker pod")[0]
+    memory = first.spec.containers[0].resources.limits["memory"]
+    evict(first.metadata.name)
+    second = wait_for(
+        lambda: [
+            p for p in job_pods(setup, "evict") if p.metadata.labels["gisjob.dev/attempt"] == "1"
+        ],
+        timeout=60,
+        what="a successor of the evicted pod",
+    )[0]
+    assert second.spec.containers[0].resources.limits["memory"] == memory
+    assert second.metadata.annotations["gisjob.dev/strategy"] == "disrupted"
+    assert second.metadata.annotations["gisjob.dev/chunk-scale"] == "1.0"
+    # let the next attempts run: no selector for pods created from now on
+    patch = {"spec": {"worker": {"nodeSelector": None}}}
+    setup["custom"].patch_namespaced_custom_object(
+        GROUP, VERSION, setup["namespace"], PLURAL, "evict", patch
+    )
+    evict(second.metadata.name)
+    done = wait_phase(setup, operator, "evict", ("Succeeded", "Failed"), timeout=120)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert (done["status"].get("retries") or {}).get("memory", 0) == 0
+    assert (done["status"].get("retries") or {}).get("other", 0) == 0
