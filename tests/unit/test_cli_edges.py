@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from gisjob_worker import gdalenv, logs
 from gisjob_worker.cli.main import cli
 from gisjob_worker.cli.run import result_lines
 from gisjob_worker.planner import build_plan
+from gisjob_worker.quantity import format_bytes as fb
 from gisjob_worker.spec import MAX_JOB_BYTES, MAX_JOB_DEPTH, load_job
 
 WriteJob = Callable[..., Path]
@@ -423,3 +425,89 @@ def test_param_names_follow_an_alias_generator() -> None:
         band: int = 1
 
     assert param_names(PluginParams) == ["windowSize", "nodata", "band"]
+
+
+# ------------------------------------------------------------------------------ item 15
+
+
+@pytest.fixture
+def tiled_job(write_job: WriteJob, job_doc: JobDoc, raster_1024: Path, tmp_path: Path) -> Path:
+    """256 tiles of 64×64 over the 1024² raster."""
+    return _raster_job(write_job, job_doc, raster_1024, tmp_path / "out", tiling={"tileSize": 64})
+
+
+def _plan(*args: str, columns: int = 80) -> Result:
+    result = CliRunner().invoke(
+        cli, ["plan", *args], prog_name="gisjob", env={"COLUMNS": str(columns)}
+    )
+    assert result.exit_code == 0, result.stderr
+    return result
+
+
+def test_plan_of_many_tiles_prints_a_summary_and_a_sample(tiled_job: Path) -> None:
+    out = _plan(str(tiled_job)).stdout
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines), out
+    rows = [line for line in lines if line.startswith("│ r")]
+    ids = [row.split()[1] for row in rows]
+    assert ids[:2] == ["r0000c0000", "r0000c0001"] and len(ids) == 15
+    assert ids[-1] == "r0015c0015" and ids[10] == "r0015c0011"
+    assert any("... 241 more" in line for line in lines)
+    p = build_plan(load_job(tiled_job))
+    est = p.tiles[0].estimated_peak_bytes
+    req = p.tiles[0].memory_request_bytes
+    # the footer: one phrase per line, nothing cut mid-phrase at 80 columns
+    assert lines[-6:] == [
+        "tiles: 256",
+        f"estimate: min {fb(est)}  median {fb(est)}  max {fb(est)}",
+        f"request:  min {fb(req)}  median {fb(req)}  max {fb(req)}",
+        f"sum of requests: {fb(256 * req)}",
+        f"headroom: 20%   baseline: {fb(p.sizing.baseline_bytes)}   "
+        f"GDAL cache: {fb(p.sizing.cache_bytes)}",
+        "shown: the first 10 and last 5 of 256 tiles (--all shows every one)",
+    ]
+
+
+def test_plan_all_prints_every_tile(tiled_job: Path) -> None:
+    out = _plan("--all", str(tiled_job)).stdout
+    assert len([line for line in out.splitlines() if line.startswith("│ r")]) == 256
+    assert "more" not in out and "shown:" not in out
+
+
+def test_plan_footer_fits_60_columns_too(tiled_job: Path) -> None:
+    out = _plan(str(tiled_job), columns=60).stdout
+    assert "sum of requests: " in out
+    for phrase in ("tiles: 256", "estimate: min", "request:  min", "headroom: 20%"):
+        assert any(line.startswith(phrase) for line in out.splitlines()), phrase
+
+
+def test_plan_several_job_files(
+    tiled_job: Path, write_job: WriteJob, job_doc: JobDoc, vector_25: Path, tmp_path: Path
+) -> None:
+    vector_job = write_job(
+        job_doc(
+            input={"uri": str(vector_25), "layer": "parcels"},
+            operation={"name": "filter", "params": {}},
+            output={"uri": str(tmp_path / "vout"), "format": "GeoParquet"},
+        ),
+        name="vector.yaml",
+    )
+    out = _plan(str(tiled_job), str(vector_job)).stdout
+    assert out.count("unit-job: ") == 2
+    assert "unit-job: scale (raster)" in out and "unit-job: filter (vector)" in out
+    plans = [build_plan(load_job(tiled_job)), build_plan(load_job(vector_job))]
+    tiles = sum(len(p.tiles) for p in plans)
+    assert f"2 jobs: {tiles:,} tiles, sum of requests " in out.splitlines()[-1]
+
+    docs = json.loads(_plan("--json", str(tiled_job), str(vector_job)).stdout)
+    assert [d["digest"] for d in docs] == [p.digest for p in plans]
+    one = json.loads(_plan("--json", str(tiled_job)).stdout)
+    assert one == json.loads(json.dumps(plans[0].to_json()))  # one file: unchanged
+
+
+def test_plan_stops_at_the_first_bad_job_file(tiled_job: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    result = invoke("plan", str(tiled_job), str(missing))
+    assert result.exit_code == 2
+    assert one_error_line(result) == f"gisjob: error: {missing}: job file not found"
+    assert result.stdout == ""  # checked before any plan is printed

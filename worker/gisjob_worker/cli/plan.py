@@ -1,65 +1,143 @@
-"""``gisjob plan JOB.yaml``: tiles, per-tile estimate and memory request, totals."""
+"""``gisjob plan JOB.yaml...``: tiles, per-tile estimate and memory request, totals.
+
+A plan of thousands of tiles prints a summary (counts, the distribution of estimates and
+requests, totals) and a sample of its tiles (the first and the last few); ``--all`` prints
+every row. The summary lines are short enough not to wrap on an 80-column terminal.
+"""
 
 from __future__ import annotations
 
 import json
+import statistics
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
 from ..quantity import format_bytes
 from .errors import one_line_errors
 
-SHOWN = 20
-
-
-@click.command()
-@click.argument("job_file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-@one_line_errors
-def plan(job_file: str, as_json: bool) -> None:
-    """Plan JOB_FILE from metadata only and show what each tile will cost."""
-    from .. import gdalenv
-    from ..planner import build_plan
-    from ..spec import load_job
-
-    job = load_job(job_file)
-    res = job.spec.resources
-    gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
-    p = build_plan(job)
-    if as_json:
-        click.echo(json.dumps(p.to_json()))
-        return
+if TYPE_CHECKING:
     from rich.console import Console
+
+    from ..plan import Plan, Tile
+
+HEAD = 10  # tiles shown from the start of a long plan
+TAIL = 5  # ... and from its end
+
+
+def sample_tiles(tiles: Sequence[Tile], show_all: bool) -> tuple[list[Tile], int]:
+    """The tiles to print and how many are left out between the head and the tail."""
+    if show_all or len(tiles) <= HEAD + TAIL:
+        return list(tiles), 0
+    return [*tiles[:HEAD], *tiles[-TAIL:]], len(tiles) - HEAD - TAIL
+
+
+def _spread(values: list[int]) -> str:
+    if not values:
+        return "-"
+    return (
+        f"min {format_bytes(min(values))}  median {format_bytes(int(statistics.median(values)))}"
+        f"  max {format_bytes(max(values))}"
+    )
+
+
+def summary_lines(p: Plan, shown: int) -> list[str]:
+    """The plan's numbers as short lines (each well under 80 columns)."""
+    tiles = p.tiles
+    files = len(p.files)
+    estimates = [t.estimated_peak_bytes for t in tiles]
+    requests = [t.memory_request_bytes for t in tiles]
+    lines = [
+        f"tiles: {len(tiles):,}" + (f" from {files:,} input files" if files > 1 else ""),
+        f"estimate: {_spread(estimates)}",
+        f"request:  {_spread(requests)}",
+        f"sum of requests: {format_bytes(sum(requests))}",
+        f"headroom: {p.sizing.headroom:.0%}   baseline: {format_bytes(p.sizing.baseline_bytes)}"
+        f"   GDAL cache: {format_bytes(p.sizing.cache_bytes)}",
+    ]
+    if shown < len(tiles):
+        lines.append(
+            f"shown: the first {HEAD} and last {TAIL} of {len(tiles):,} tiles "
+            "(--all shows every one)"
+        )
+    return lines
+
+
+def _tile_size(t: Tile) -> str:
+    if t.window is not None:
+        return f"{t.window.width}x{t.window.height}"
+    assert t.fids is not None
+    return f"{t.fids.features:,} features"
+
+
+def print_plan(console: Console, p: Plan, show_all: bool) -> None:
     from rich.table import Table
 
+    rows, left_out = sample_tiles(p.tiles, show_all)
     table = Table(title=f"{p.job}: {p.operation} ({p.kind}), plan {p.digest}")
-    table.add_column("tile")
-    table.add_column("size", justify="right")
+    table.add_column("tile", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
     table.add_column("chunks", justify="right")
-    table.add_column("estimate", justify="right")
-    table.add_column("request", justify="right")
-    for t in p.tiles[:SHOWN]:
-        if t.window is not None:
-            size = f"{t.window.width}x{t.window.height}"
-        else:
-            assert t.fids is not None
-            size = f"{t.fids.features} features"
+    table.add_column("estimate", justify="right", no_wrap=True)
+    table.add_column("request", justify="right", no_wrap=True)
+    for i, t in enumerate(rows):
+        if left_out and i == HEAD:
+            table.add_row(f"... {left_out:,} more", "", "", "", "")
         table.add_row(
             t.id,
-            size,
+            _tile_size(t),
             str(t.chunks),
             format_bytes(t.estimated_peak_bytes),
             format_bytes(t.memory_request_bytes),
         )
-    if len(p.tiles) > SHOWN:
-        table.add_row(f"... {len(p.tiles) - SHOWN} more", "", "", "", "")
-    console = Console()
     console.print(table)
-    console.print(
-        f"tiles: {len(p.tiles)}   largest estimate: {format_bytes(p.max_estimate)}   "
-        f"largest request: {format_bytes(p.max_request)} "
-        f"(headroom {p.sizing.headroom:.0%})   sum of requests: "
-        f"{format_bytes(sum(t.memory_request_bytes for t in p.tiles))}   "
-        f"baseline: {format_bytes(p.sizing.baseline_bytes)}   "
-        f"GDAL cache: {format_bytes(p.sizing.cache_bytes)}"
-    )
+    for line in summary_lines(p, len(rows)):
+        console.print(line, highlight=False, markup=False)
+
+
+@click.command()
+@click.argument("job_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the plan as JSON (a list of plans for several job files).",
+)
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Print every tile (default: a summary and the first and last few of a long plan).",
+)
+@one_line_errors
+def plan(job_files: tuple[str, ...], as_json: bool, show_all: bool) -> None:
+    """Plan each JOB_FILE from metadata only and show what its tiles will cost."""
+    from .. import gdalenv
+    from ..planner import build_plan
+    from ..spec import load_job
+
+    jobs = [load_job(f) for f in job_files]  # every file checked before any is planned
+    res = jobs[0].spec.resources
+    gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
+    plans = [build_plan(job) for job in jobs]
+    if as_json:
+        docs = [p.to_json() for p in plans]
+        click.echo(json.dumps(docs[0] if len(docs) == 1 else docs))
+        return
+    from rich.console import Console
+
+    console = Console()
+    for i, p in enumerate(plans):
+        if i:
+            console.print()
+        print_plan(console, p, show_all)
+    if len(plans) > 1:
+        total = sum(len(p.tiles) for p in plans)
+        requests = sum(t.memory_request_bytes for p in plans for t in p.tiles)
+        console.print()
+        console.print(
+            f"{len(plans)} jobs: {total:,} tiles, sum of requests {format_bytes(requests)}",
+            highlight=False,
+            markup=False,
+        )
