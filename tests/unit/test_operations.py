@@ -22,6 +22,14 @@ from gisjob_worker.operations.raster import (
 )
 from gisjob_worker.operations.vector import FILTER, FilterParams
 from gisjob_worker.plan import RasterOutput
+from gisjob_worker.raster_tile import (
+    BandMask,
+    band_masks,
+    chunk_valid,
+    corrupt_data_reason,
+    mask_bytes_per_pixel,
+    merged_valid,
+)
 from gisjob_worker.registry import RasterSource, VectorRead
 
 
@@ -37,9 +45,13 @@ def src(count: int = 3, dtype: str = "uint16", nodata: float | None = None) -> R
 
 
 def run(op: Any, params: dict[str, Any], data: np.ndarray, valid: np.ndarray, count: int = 3):
+    """Apply ``op``; a 2-D ``valid`` is the same mask for every band, a 3-D one per band."""
     p = op.parse_params(params)
     s = src(count, str(data.dtype))
     out = op.output(p, s)
+    assert op.per_band_valid  # built-ins take (bands, h, w) masks
+    if valid.ndim == 2:
+        valid = np.broadcast_to(valid, data.shape)  # read-only, as the worker may pass it
     result = op.apply(p, data, valid, out)
     return result, out
 
@@ -80,6 +92,28 @@ def test_check_nodata_fits() -> None:
     for bad, dtype in [(256, "uint8"), (-1, "uint16"), (1.5, "int16"), (float("nan"), "uint8")]:
         with pytest.raises(ValueError, match=f"does not fit the output dtype {dtype}"):
             check_nodata_fits(bad, dtype)
+
+
+def test_check_nodata_fits_floats_must_survive_the_cast() -> None:
+    for ok, dtype in [
+        (float("nan"), "float32"),
+        (float("-inf"), "float32"),
+        (-3.4e38, "float32"),
+        (0.0, "float32"),
+        (-9999.0, "float32"),
+        (1e-30, "float32"),
+        (1e300, "float64"),
+    ]:
+        check_nodata_fits(ok, dtype)
+        if np.isfinite(ok):  # what the check guarantees: the written pixel is that value
+            written = np.array([ok], dtype=dtype)[0]
+            assert np.isfinite(written) and (written != 0) == (ok != 0)
+    for bad, dtype in [(1e300, "float32"), (-3.5e38, "float32"), (1e-50, "float32")]:
+        with pytest.raises(ValueError, match=f"does not fit the output dtype {dtype}"):
+            check_nodata_fits(bad, dtype)
+        with np.errstate(over="ignore"):
+            written = np.array([bad], dtype=dtype)[0]
+        assert not np.isfinite(written) or written == 0  # what it would have written
 
 
 def test_cast_output_rounds_half_to_even_and_clamps() -> None:
@@ -182,6 +216,37 @@ def test_scale_multiband_order_follows_bands_param() -> None:
     np.testing.assert_array_equal(result[1], data[1].astype(np.float32) * 2)
 
 
+def per_band_masks(bands: int, h: int = 6, w: int = 5) -> np.ndarray:
+    """A different invalid pixel set in every band."""
+    valid = np.ones((bands, h, w), dtype=bool)
+    for b in range(bands):
+        valid[b, b, :] = False  # row b
+        valid[b, :, (b + 2) % w] = False  # and a column
+    return valid
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"bands": [3, 1], "scale": 2},  # float32 straight from integers
+        {"bands": [3, 1], "scale": 2, "clip": [0, 15_000]},  # through a float copy
+        {"bands": [3, 1], "scale": 0.01, "dtype": "uint8", "nodata": 0},  # integer output
+    ],
+)
+def test_scale_each_output_band_keeps_its_own_mask(params: dict[str, Any]) -> None:
+    data = uint16_data(2)
+    valid = per_band_masks(2)
+    result, out = run(SCALE, params, data, valid)
+    for b in range(2):
+        ref, _ = run(SCALE, params, data[b : b + 1], valid[b], count=3)
+        np.testing.assert_array_equal(result[b], ref[0])
+        assert np.all(result[b][~valid[b]] == out.nodata)
+        # valid in this band, invalid in the other: data, not nodata (the merged-mask bug)
+        only_other = valid[b] & ~valid[1 - b]
+        assert only_other.any()
+        assert np.all(result[b][only_other] != out.nodata)
+
+
 def test_scale_check_band_out_of_range() -> None:
     p = SCALE.parse_params({"bands": [1, 5]})
     with pytest.raises(ValueError) as info:
@@ -212,6 +277,41 @@ def test_scale_temp_bytes() -> None:
 def test_scale_params_rejected(params: dict[str, Any], match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         SCALE.parse_params(params)
+
+
+@pytest.mark.parametrize(
+    ("op", "params"),
+    [
+        (SCALE, {"nodata": 1e300}),  # float32 by default: would be written as inf
+        (SCALE, {"dtype": "float32", "nodata": -1e39}),
+        (SCALE, {"dtype": "uint8", "nodata": -1}),
+        (SCALE, {"dtype": "int16", "nodata": 40000}),
+        (NDVI, {"nir": 2, "red": 1, "nodata": 1e300}),  # ndvi writes float32
+        (EXPRESSION, {"expr": "b1", "nodata": 1e300}),
+        (EXPRESSION, {"expr": "b1", "dtype": "uint16", "nodata": 65536}),
+    ],
+)
+def test_unrepresentable_nodata_is_rejected_on_the_nodata_field(
+    op: Any, params: dict[str, Any]
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        op.parse_params(params)
+    errors = info.value.errors()
+    assert len(errors) == 1
+    assert errors[0]["loc"] == ("nodata",)
+    assert "does not fit the output dtype" in errors[0]["msg"]
+
+
+def test_representable_nodata_is_accepted() -> None:
+    nan = SCALE.parse_params({"nodata": float("nan")}).nodata
+    assert nan is not None and np.isnan(nan)
+    assert SCALE.parse_params({"dtype": "float64", "nodata": 1e300}).nodata == 1e300
+    assert NDVI.parse_params({"nir": 2, "red": 1, "nodata": -2}).nodata == -2
+    assert EXPRESSION.parse_params({"expr": "b1", "dtype": "uint8", "nodata": 0}).nodata == 0
+    # an invalid dtype is reported as such, not as a nodata error
+    with pytest.raises(ValidationError) as info:
+        SCALE.parse_params({"dtype": "complex64", "nodata": 1e300})
+    assert [e["loc"] for e in info.value.errors()] == [("dtype",)]
 
 
 def test_scale_non_finite_to_integer_is_nodata() -> None:
@@ -255,6 +355,16 @@ def test_ndvi_matches_numpy_with_zero_denominators_and_nodata() -> None:
     assert np.all((good >= -1) & (good <= 1))
 
 
+def test_ndvi_needs_both_bands_valid() -> None:
+    data = uint16_data(2) + 1  # no zero denominators
+    valid = per_band_masks(2)
+    result, _ = run(NDVI, {"nir": 1, "red": 2}, data, valid, 2)
+    both = valid[0] & valid[1]
+    np.testing.assert_array_equal(result[0], ndvi_reference(data[0], data[1], both, -9999.0))
+    assert np.all(result[0][~valid[0] | ~valid[1]] == -9999.0)
+    assert np.all(result[0][both] != -9999.0)
+
+
 def test_ndvi_known_values_and_custom_nodata() -> None:
     data = np.array([[[80, 50, 0, 10]], [[20, 50, 0, 30]]], dtype=np.uint16)
     valid = np.array([[True, True, True, False]])
@@ -278,7 +388,7 @@ def test_ndvi_bands_check_and_params() -> None:
     with pytest.raises(ValueError) as info:
         NDVI.check(p, src(4))
     assert str(info.value) == "band 8 is out of range (the dataset has 4 bands)"
-    assert NDVI.temp_bytes_per_pixel(p, src(8)) == 17
+    assert NDVI.temp_bytes_per_pixel(p, src(8)) == 16
     with pytest.raises(ValidationError, match="nir"):
         NDVI.parse_params({"red": 4})
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
@@ -306,6 +416,17 @@ def test_expression_matches_numpy_and_non_finite_is_nodata() -> None:
     np.testing.assert_array_equal(result[0], ref)
     assert result[0, 0, 3] == -9999.0
     assert result[0, 4, 4] == -9999.0
+
+
+def test_expression_needs_every_band_it_reads_valid() -> None:
+    data = uint16_data(3) + 1
+    valid = per_band_masks(3)
+    p = {"expr": "b1 + b2 * 2 + b4"}  # planes: b1, b2, b4
+    result, out = run(EXPRESSION, p, data, valid, 4)
+    every = valid.all(axis=0)
+    ref = data[0].astype(np.float32) + data[1].astype(np.float32) * 2 + data[2]
+    np.testing.assert_array_equal(result[0], np.where(every, ref, out.nodata))
+    assert (~every).sum() > (~valid[0]).sum()
 
 
 def test_expression_division_by_zero_and_log_of_negative() -> None:
@@ -348,7 +469,8 @@ def test_expression_bands_are_sorted_unique_and_planes_follow_them() -> None:
     p = EXPRESSION.parse_params({"expr": "b4 - b2 * 2 + b4"})
     assert EXPRESSION.bands(p, src(4)) == [2, 4]
     data = np.array([[[10]], [[100]]], dtype=np.uint16)  # plane 0 = b2, plane 1 = b4
-    result = EXPRESSION.apply(p, data, np.ones((1, 1), bool), EXPRESSION.output(p, src(4)))
+    valid = np.ones((2, 1, 1), bool)
+    result = EXPRESSION.apply(p, data, valid, EXPRESSION.output(p, src(4)))
     assert result[0, 0, 0] == 100 - 20 + 100
 
 
@@ -385,6 +507,153 @@ def test_output_nodata_defaults_per_dtype() -> None:
         )
     assert SCALE.output(SCALE.parse_params({"dtype": "int16"}), s).nodata == 32767.0
     assert SCALE.output(SCALE.parse_params({"dtype": "uint16", "nodata": 0}), s).nodata == 0.0
+
+
+# --------------------------------------------------- masks and read errors (worker side)
+
+
+def test_band_masks_follow_gdal_mask_flags() -> None:
+    from rasterio.enums import MaskFlags
+
+    class FakeDataset:  # what band_masks reads of a rasterio dataset
+        mask_flag_enums = (
+            [MaskFlags.all_valid],
+            [MaskFlags.nodata],
+            [MaskFlags.per_dataset, MaskFlags.alpha],
+            [MaskFlags.per_dataset],
+            [],  # a mask band of the band's own
+        )
+        nodatavals = (None, 0.0, None, 7.0, None)
+
+    masks = band_masks(FakeDataset(), [5, 4, 3, 2, 1])
+    assert masks == [
+        BandMask(None, "band"),
+        BandMask(7.0, "dataset"),  # a mask band and nodata: both apply
+        BandMask(None, "dataset"),
+        BandMask(0.0, None),  # nodata alone: compared on the values read
+        BandMask(None, None),
+    ]
+
+
+def test_chunk_valid_is_per_band_and_reads_a_dataset_mask_once() -> None:
+    data = np.array(
+        [
+            [[0, 1, 2], [3, 0, 5]],  # band 1: nodata 0
+            [[0, 1, 7], [7, 0, 5]],  # band 2: nodata 7 and the dataset mask
+            [[9, 9, 9], [9, 9, 9]],  # band 3: the dataset mask only
+            [[1, 2, 3], [4, 5, 6]],  # band 4: nothing
+        ],
+        dtype=np.uint16,
+    )
+    gdal_mask = np.array([[255, 0, 128], [255, 255, 0]], np.uint8)  # alpha values: >0 shown
+    reads: list[int] = []
+
+    def read_mask(band: int) -> np.ndarray:
+        reads.append(band)
+        return gdal_mask.copy()
+
+    masks = [
+        BandMask(0.0, None),
+        BandMask(7.0, "dataset"),
+        BandMask(None, "dataset"),
+        BandMask(None, None),
+    ]
+    valid = chunk_valid((1, 2, 3, 4), masks, data, read_mask)
+    assert reads == [2]  # one read of the per-dataset mask for both bands that share it
+    shown = gdal_mask != 0
+    np.testing.assert_array_equal(valid[0], data[0] != 0)
+    np.testing.assert_array_equal(valid[1], shown & (data[1] != 7))
+    np.testing.assert_array_equal(valid[2], shown)
+    assert valid[3].all()
+    np.testing.assert_array_equal(merged_valid(valid), valid.all(axis=0))
+
+
+def test_chunk_valid_nodata_in_the_bands_own_type() -> None:
+    f = np.array([[[np.nan, 1.0, np.float32(0.1)]]], np.float32)
+    u = np.array([[[0, 255, 1]]], np.uint8)
+    never = lambda band: pytest.fail("no mask band to read")  # noqa: E731
+    # NaN nodata on floats; 0.1 compared as float32, as GDAL does
+    assert chunk_valid((1,), [BandMask(float("nan"), None)], f, never).tolist() == [
+        [[False, True, True]]
+    ]
+    assert chunk_valid((1,), [BandMask(0.1, None)], f, never).tolist() == [[[True, True, False]]]
+    # a nodata no uint8 pixel can hold masks nothing (and does not overflow)
+    for nd in (-1.0, 256.0, 0.5, float("nan")):
+        assert chunk_valid((1,), [BandMask(nd, None)], u, never).all()
+    assert chunk_valid((1,), [BandMask(255.0, None)], u, never).tolist() == [[[True, False, True]]]
+
+
+def test_chunk_valid_without_masks_costs_no_memory() -> None:
+    data = uint16_data(3)
+    valid = chunk_valid((1, 2, 3), [BandMask(None, None)] * 3, data, lambda b: pytest.fail())
+    assert valid.shape == data.shape and valid.all()
+    assert valid.strides == (0, 0, 0) and not valid.flags.writeable
+
+
+def test_mask_bytes_per_pixel() -> None:
+    assert mask_bytes_per_pixel(1, True) == 2  # the mask and one read/comparison plane
+    assert mask_bytes_per_pixel(4, True) == 5
+    assert mask_bytes_per_pixel(4, False) == 6  # plus the merged (h, w) mask
+
+
+def _gdal_chain(*errors: BaseException) -> Exception:
+    """A RasterioIOError chained to GDAL errors the way rasterio raises it (outermost first)."""
+    from rasterio.errors import RasterioIOError
+
+    exc = RasterioIOError("Read failed. See previous exception for details.")
+    cur: BaseException = exc
+    for e in errors:
+        cur.__cause__ = e
+        cur = e
+    return exc
+
+
+def test_corrupt_data_reason_for_truncated_and_undecodable_tiles() -> None:
+    from rasterio._err import CPLE_AppDefinedError
+
+    truncated = _gdal_chain(
+        CPLE_AppDefinedError(
+            3,
+            1,
+            "/d/in.tif, band 1: IReadBlock failed at X offset 3, Y offset 2: "
+            "TIFFReadEncodedTile() failed.",
+        ),
+        CPLE_AppDefinedError(3, 1, "TIFFReadEncodedTile() failed."),
+        CPLE_AppDefinedError(3, 1, "TIFFFillTile:Read error at row 512; got 10 bytes"),
+    )
+    assert corrupt_data_reason("/d/in.tif", truncated) == (
+        "band 1: IReadBlock failed at X offset 3, Y offset 2: TIFFReadEncodedTile() failed.; "
+        "TIFFFillTile:Read error at row 512; got 10 bytes"
+    )
+    # over a network a short read may be an interrupted transfer: retried
+    assert corrupt_data_reason("/vsis3/b/in.tif", truncated) is None
+    assert corrupt_data_reason("https://h/in.tif", truncated) is None
+    undecodable = _gdal_chain(
+        CPLE_AppDefinedError(3, 1, "/vsis3/http-bucket/in.tif, band 2: IReadBlock failed"),
+        CPLE_AppDefinedError(3, 1, "ZIPDecode:Decoding error at scanline 0"),
+    )
+    for uri in ("/d/in.tif", "/vsis3/http-bucket/in.tif"):  # bad bytes are bad anywhere
+        assert corrupt_data_reason(uri, undecodable) == (
+            "band 2: IReadBlock failed; ZIPDecode:Decoding error at scanline 0"
+        )
+
+
+def test_transient_read_errors_are_not_corrupt_data() -> None:
+    from rasterio._err import (
+        CPLE_AppDefinedError,
+        CPLE_HttpResponseError,
+        CPLE_OutOfMemoryError,
+    )
+    from rasterio.errors import RasterioIOError
+
+    block = CPLE_AppDefinedError(3, 1, "/d/in.tif, band 1: IReadBlock failed")
+    for cause in (
+        CPLE_HttpResponseError(3, 11, "HTTP response code: 503"),
+        CPLE_OutOfMemoryError(3, 2, "cannot allocate 1000000 bytes"),
+        CPLE_AppDefinedError(3, 1, "Curl error: Connection timed out"),
+    ):
+        assert corrupt_data_reason("/d/in.tif", _gdal_chain(block, cause)) is None
+    assert corrupt_data_reason("/d/in.tif", RasterioIOError("no GDAL error behind")) is None
 
 
 # -------------------------------------------------------------------------- filter

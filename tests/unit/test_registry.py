@@ -104,6 +104,7 @@ def test_builtins_registered(clean_registry: None) -> None:
         assert isinstance(ops[name], RasterOperation)
         assert ops[name].kind == "raster"
         assert ops[name].name == name
+        assert ops[name].per_band_valid  # built-ins take a (bands, h, w) mask
     assert isinstance(ops["filter"], VectorOperation)
     assert ops["filter"].kind == "vector"
 
@@ -123,6 +124,8 @@ def test_third_party_operation_found(third_party: Callable[..., None]) -> None:
     assert isinstance(op, RasterOperation)
     assert op.kind == "raster"
     assert op.name == "invert"
+    # written for the first interface: the worker passes it one merged (h, w) mask
+    assert op.per_band_valid is False
     # it is usable like a built-in: params model, bands, apply
     import numpy as np
 

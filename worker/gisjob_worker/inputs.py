@@ -40,9 +40,15 @@ def open_raster_source(uri: str) -> Any:
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    if "://" not in uri and not uri.startswith("/vsi") and not os.path.exists(uri):
+    local = "://" not in uri and not uri.startswith("/vsi")
+    if local and not os.path.exists(uri):
         raise InputError(f"{uri}: input file not found")
     try:
+        if local and (os.path.exists(f"{uri}.msk") or os.path.exists(f"{uri}.MSK")):
+            # GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR (gdalenv) hides sibling files, the
+            # external mask among them: let GDAL probe for this file's siblings
+            with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="TRUE"):
+                return rasterio.open(uri)
         return rasterio.open(uri)
     except RasterioIOError as exc:
         raise InputError(f"{uri}: not a raster GDAL can read ({one_line(str(exc))})") from None
@@ -71,7 +77,11 @@ def raster_file(index: int, uri: str, op: RasterOperation[Any], params: Any) -> 
         read_bpp = sum(np.dtype(ds.dtypes[b - 1]).itemsize for b in bands)
         out = op.output(params, src)
         out_bpp = out.count * np.dtype(out.dtype).itemsize
-        bpp = read_bpp + op.temp_bytes_per_pixel(params, src) + MASK_BYTES_PER_PIXEL + out_bpp
+        from .raster_tile import mask_bytes_per_pixel
+
+        # per-band validity masks (at least MASK_BYTES_PER_PIXEL: one mask and a temporary)
+        mask_bpp = max(MASK_BYTES_PER_PIXEL, mask_bytes_per_pixel(len(bands), op.per_band_valid))
+        bpp = read_bpp + op.temp_bytes_per_pixel(params, src) + mask_bpp + out_bpp
         return RasterFile(
             index=index,
             uri=uri,

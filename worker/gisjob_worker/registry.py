@@ -60,6 +60,12 @@ class RasterOperation(Operation[P]):
     """A pure function on one chunk of bands, plus what it costs per pixel."""
 
     kind: ClassVar[Literal["raster", "vector"]] = "raster"
+    #: The shape of the ``valid`` mask that :meth:`apply` receives. ``True``: (bands, h, w),
+    #: every band read with its own mask — GDAL's nodata is per band, and a pixel that is
+    #: nodata in one band is still data in the others. ``False`` (the default, so operations
+    #: written for the first interface keep working): (h, w), valid only where every band
+    #: read is valid. The built-in operations take per-band masks.
+    per_band_valid: ClassVar[bool] = False
 
     @abstractmethod
     def bands(self, params: P, src: RasterSource) -> list[int]:
@@ -77,7 +83,14 @@ class RasterOperation(Operation[P]):
     def apply(
         self, params: P, data: np.ndarray, valid: np.ndarray, out: RasterOutput
     ) -> np.ndarray:
-        """``data``: (bands, h, w) in the input dtype; ``valid``: (h, w) bool.
+        """``data``: (bands, h, w) in the input dtype, the bands of :meth:`bands` in order.
+
+        ``valid``: bool, True where a pixel is data: (bands, h, w) — each band's own mask —
+        when :attr:`per_band_valid` is set, else (h, w), the pixels valid in every band. A
+        pixel is invalid where it equals its band's nodata value or where the dataset's mask
+        band (an alpha band, an internal or external ``.msk`` mask) hides it. A per-band
+        ``valid`` may be a read-only broadcast view (when nothing is masked): do not write
+        to it.
 
         Returns (out.count, h, w) in ``out.dtype`` with ``out.nodata`` where invalid.
         """

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..plan import RasterOutput
 from ..registry import OutputDtype, Params, RasterOperation, RasterSource
@@ -23,6 +24,12 @@ def default_nodata(dtype: str) -> float:
 
 
 def check_nodata_fits(nodata: float | None, dtype: str) -> None:
+    """Raise ``ValueError`` unless ``nodata`` can be written as a pixel of ``dtype``.
+
+    Integers: a whole number within the type's range. Floats: NaN, ±inf, or a finite value
+    that stays finite and non-zero once rounded to the type (``1e300`` would be written as
+    ``inf`` in float32, ``1e-50`` as ``0``: the pixels would not match the nodata tag).
+    """
     if nodata is None:
         return
     dt = np.dtype(dtype)
@@ -30,6 +37,22 @@ def check_nodata_fits(nodata: float | None, dtype: str) -> None:
         info = np.iinfo(dt)
         if not (info.min <= nodata <= info.max) or float(nodata) != int(nodata):
             raise ValueError(f"nodata {nodata} does not fit the output dtype {dtype}")
+    elif math.isfinite(nodata):
+        info_f = np.finfo(dt)
+        if abs(nodata) > float(info_f.max) or (nodata != 0 and abs(nodata) < float(info_f.tiny)):
+            raise ValueError(
+                f"nodata {nodata} does not fit the output dtype {dtype} "
+                f"(finite values from {float(info_f.tiny):g} to {float(info_f.max):g} in "
+                "magnitude, 0, nan, inf)"
+            )
+
+
+def _nodata_field(nodata: float | None, info: ValidationInfo, dtype: str | None = None) -> None:
+    """Validate a params model's ``nodata`` field against its ``dtype`` (a field validator,
+    so that errors name ``spec.operation.params.nodata``)."""
+    dtype = dtype or info.data.get("dtype")
+    if dtype is not None:  # an invalid dtype has its own error
+        check_nodata_fits(nodata, dtype)
 
 
 def cast_output(values: np.ndarray, dtype: str) -> np.ndarray:
@@ -63,19 +86,26 @@ class ScaleParams(Params):
                     raise ValueError(f"band indexes start at 1 (got {b})")
         return v
 
+    @field_validator("nodata")
+    @classmethod
+    def _nodata_fits(cls, v: float | None, info: ValidationInfo) -> float | None:
+        _nodata_field(v, info)
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> ScaleParams:
         if self.clip is not None and self.clip[0] > self.clip[1]:
             raise ValueError(f"clip: lower bound above upper bound (got {list(self.clip)})")
-        check_nodata_fits(self.nodata, self.dtype)
         return self
 
 
 class Scale(RasterOperation[ScaleParams]):
-    """``out = clip(in × scale + offset, lo, hi)`` cast to ``dtype``, band by band."""
+    """``out = clip(in × scale + offset, lo, hi)`` cast to ``dtype``, band by band; each
+    output band is nodata where its own input band is (its nodata, or the dataset's mask)."""
 
     name = "scale"
     params_model = ScaleParams
+    per_band_valid = True
 
     def bands(self, params: ScaleParams, src: RasterSource) -> list[int]:
         return list(params.bands) if params.bands else list(range(1, src.count + 1))
@@ -106,16 +136,16 @@ class Scale(RasterOperation[ScaleParams]):
     ) -> np.ndarray:
         result = np.empty((data.shape[0], *data.shape[1:]), dtype=out.dtype)
         ctype = self._compute_dtype(params)
-        all_valid = bool(valid.all())
         direct = self._direct(params, data.dtype, ctype, out)
         for i in range(data.shape[0]):
+            band_valid = valid[i]  # this band's own mask: nodata is per band
             if direct:
                 # float output, no clip, integer input that cannot overflow: every result is
                 # finite, so compute straight into the output (2 passes, no temporaries)
                 np.multiply(data[i], ctype.type(params.scale), out=result[i], dtype=ctype)
                 result[i] += ctype.type(params.offset)
-                if not all_valid:
-                    result[i][~valid] = out.nodata
+                if not band_valid.all():
+                    result[i][~band_valid] = out.nodata
                 continue
             x = data[i].astype(ctype)
             x *= params.scale
@@ -125,7 +155,7 @@ class Scale(RasterOperation[ScaleParams]):
             finite = np.isfinite(x)
             x[~finite] = 0
             result[i] = cast_output(x, out.dtype)
-            result[i][~(valid & finite)] = out.nodata
+            result[i][~(band_valid & finite)] = out.nodata
             del x
         return result
 
@@ -138,12 +168,19 @@ class NdviParams(Params):
     red: int = Field(ge=1, description="1-based red band")
     nodata: float = FLOAT_NODATA
 
+    @field_validator("nodata")
+    @classmethod
+    def _nodata_fits(cls, v: float, info: ValidationInfo) -> float:
+        _nodata_field(v, info, "float32")
+        return v
+
 
 class Ndvi(RasterOperation[NdviParams]):
     """``(nir − red) / (nir + red)`` as float32; nodata and zero denominators → nodata."""
 
     name = "ndvi"
     params_model = NdviParams
+    per_band_valid = True
 
     def bands(self, params: NdviParams, src: RasterSource) -> list[int]:
         return [params.nir, params.red]
@@ -152,7 +189,9 @@ class Ndvi(RasterOperation[NdviParams]):
         return RasterOutput(1, "float32", params.nodata)
 
     def temp_bytes_per_pixel(self, params: NdviParams, src: RasterSource) -> int:
-        return 4 * 4 + 1  # nir, red, numerator, denominator as float32; the ok-mask
+        # peak: nir, red, numerator, denominator as float32; the ok-mask is made after nir
+        # and red are freed (and the per-band masks are counted with the masks)
+        return 4 * 4
 
     def apply(
         self, params: NdviParams, data: np.ndarray, valid: np.ndarray, out: RasterOutput
@@ -162,7 +201,9 @@ class Ndvi(RasterOperation[NdviParams]):
         num = nir - red
         den = nir + red
         del nir, red
-        ok = valid & (den != 0)
+        ok = np.not_equal(den, 0)
+        ok &= valid[0]  # a pixel needs both bands
+        ok &= valid[1]
         result = np.full((1, *num.shape), out.nodata, dtype=np.float32)
         np.divide(num, den, out=result[0], where=ok)
         return result
@@ -182,10 +223,11 @@ class ExpressionParams(Params):
         parse_expression(v)  # raises ValueError with what is not allowed
         return v
 
-    @model_validator(mode="after")
-    def _check(self) -> ExpressionParams:
-        check_nodata_fits(self.nodata, self.dtype)
-        return self
+    @field_validator("nodata")
+    @classmethod
+    def _nodata_fits(cls, v: float | None, info: ValidationInfo) -> float | None:
+        _nodata_field(v, info)
+        return v
 
 
 class BandExpression(RasterOperation[ExpressionParams]):
@@ -197,6 +239,7 @@ class BandExpression(RasterOperation[ExpressionParams]):
 
     name = "expression"
     params_model = ExpressionParams
+    per_band_valid = True
 
     def bands(self, params: ExpressionParams, src: RasterSource) -> list[int]:
         return list(parse_expression(params.expr).bands)
@@ -219,13 +262,16 @@ class BandExpression(RasterOperation[ExpressionParams]):
     ) -> np.ndarray:
         expr = parse_expression(params.expr)
         ctype = self._compute_dtype(params)
+        shape = data.shape[1:]
         arrays = {b: data[i].astype(ctype) for i, b in enumerate(expr.bands)}
         values = np.asarray(expr.evaluate(arrays), dtype=ctype)
         del arrays
-        if values.shape != valid.shape:
-            values = np.broadcast_to(values, valid.shape)
-        ok = valid & np.isfinite(values)
-        result = np.full((1, *valid.shape), out.nodata, dtype=out.dtype)
+        if values.shape != shape:
+            values = np.broadcast_to(values, shape)
+        ok = np.isfinite(values)
+        for i in range(data.shape[0]):  # a pixel needs every band the expression reads
+            ok &= valid[i]
+        result = np.full((1, *shape), out.nodata, dtype=out.dtype)
         result[0][ok] = cast_output(values[ok], out.dtype)
         return result
 
