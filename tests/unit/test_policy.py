@@ -107,7 +107,9 @@ def config(
     )
 
 
-def ran(launch: Launch, exit_code: int | None, oom_killed: bool = False) -> Attempt:
+def ran(
+    launch: Launch, exit_code: int | None, oom_killed: bool = False, disrupted: bool = False
+) -> Attempt:
     """The attempt an executor records after carrying out ``launch``."""
     return Attempt(
         tile=launch.tile.id,
@@ -117,6 +119,7 @@ def ran(launch: Launch, exit_code: int | None, oom_killed: bool = False) -> Atte
         strategy=launch.strategy,
         exit_code=exit_code,
         oom_killed=oom_killed,
+        disrupted=disrupted,
     )
 
 
@@ -218,6 +221,29 @@ def test_attempt_failure_kind(
     exit_code: int | None, oom_killed: bool, expected: str | None
 ) -> None:
     a = Attempt("r0000c0000", 0, 256 * MIB, 1.0, "initial", exit_code, oom_killed)
+    assert a.failure == expected
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "oom_killed", "expected"),
+    [
+        (0, False, None),  # it finished its work before it was evicted
+        (EXIT_MEMORY, False, "memory"),  # the worker's own verdicts win: exit 3 ...
+        (EXIT_INPUT, False, "input"),  # ... and exit 2 (never retried)
+        (137, True, "memory"),  # OOMKilled (the runtime) is a memory failure, always
+        (None, True, "memory"),
+        (137, False, "disruption"),
+        (143, False, "disruption"),  # SIGTERM from a drain or a deletion
+        (1, False, "disruption"),
+        (None, False, "disruption"),  # evicted: no container state at all
+    ],
+)
+def test_attempt_failure_kind_of_a_disrupted_attempt(
+    exit_code: int | None, oom_killed: bool, expected: str | None
+) -> None:
+    """A disruption mark (eviction, DisruptionTarget, node loss) explains an ambiguous end —
+    a signal, no exit code, a generic error — but not the worker's own exit 0, 2 or 3."""
+    a = Attempt("r0000c0000", 0, 256 * MIB, 1.0, "initial", exit_code, oom_killed, True)
     assert a.failure == expected
 
 
@@ -1119,15 +1145,24 @@ def random_case(rng: random.Random) -> tuple[Plan, Tile, PolicyConfig]:
     return plan, tile, cfg
 
 
-def random_outcome(rng: random.Random) -> Outcome:
-    return rng.choice(
-        [OK, MEM, MEM, OOM, (137, False), (0, True), ERR, ERR, (143, False), (None, False), BAD]
-    )
+def random_outcome(rng: random.Random) -> tuple[int | None, bool, bool]:
+    """(exit code, OOM killed, disrupted): disruptions as the operator sees them (evicted
+    with no exit code, SIGTERM from a drain, 137 without OOMKilled) among the rest, and an
+    OOM kill that also carries a disruption mark (the OOM wins)."""
+    plain: list[Outcome] = [OK, MEM, MEM, OOM, (0, True), ERR, ERR, (143, False), BAD]
+    disrupted = [(137, False), (None, False), (143, False), (137, True)]
+    if rng.random() < 0.25:
+        exit_code, oom = rng.choice(disrupted)
+        return exit_code, oom, exit_code != 137 or not oom or rng.random() < 0.5
+    exit_code, oom = rng.choice([*plain, (137, False), (None, False)])
+    return exit_code, oom, False
 
 
-def check_history(rng: random.Random) -> int:
+def check_history(rng: random.Random, seen: set[str] | None = None) -> int:
     """Run one tile (and, after a split, one random child) to the end, checking invariants.
-    Returns how many decisions were made."""
+    Returns how many decisions were made; ``seen`` collects the launch strategies and the
+    failure kinds that ended tiles."""
+    seen = set() if seen is None else seen
     plan, tile, cfg = random_case(rng)
     made = 0
     for _generation in range(4):
@@ -1151,10 +1186,17 @@ def check_history(rng: random.Random) -> int:
                     assert d.strategy == "initial"
                     assert d.memory == tile.memory_request_bytes
                 else:
-                    assert last.failure in ("memory", "error")
+                    assert last.failure in ("memory", "error", "disruption")
                     assert d.chunk_scale <= last.chunk_scale
                     assert d.memory >= last.memory
-                    if d.strategy == "retry":
+                    if last.oom_killed:  # a confirmed OOM is never a disruption
+                        assert last.failure == "memory"
+                    if d.strategy == "disrupted":
+                        # relaunched as it was: no memory strategy, no backoff
+                        assert last.failure == "disruption"
+                        assert (d.memory, d.chunk_scale) == (last.memory, last.chunk_scale)
+                        assert d.delay_seconds == 0.0
+                    elif d.strategy == "retry":
                         assert last.failure == "error"
                         assert (d.memory, d.chunk_scale) == (last.memory, last.chunk_scale)
                     else:
@@ -1165,16 +1207,20 @@ def check_history(rng: random.Random) -> int:
                         assert last.memory < d.memory <= cap
                     if d.strategy == "shrinkChunks":
                         assert d.chunk_scale == last.chunk_scale * policy.SHRINK_FACTOR
+                # disruptions never count against backoffLimit (they have their own bound)
                 retries = [a for a in attempts if a.failure == "error"]
                 assert len(retries) <= cfg.backoff_limit
+                disruptions = [a for a in attempts if a.failure == "disruption"]
+                assert len(disruptions) <= policy.MAX_DISRUPTIONS
                 # every strategy entry is used at most once
                 applied = [a.strategy for a in attempts if a.strategy in ("shrinkChunks", "grow")]
                 if d.strategy in ("shrinkChunks", "grow"):
                     applied.append(d.strategy)
                 for s in set(applied):
                     assert applied.count(s) <= cfg.strategies.count(s)
-                exit_code, oom = random_outcome(rng)
-                attempts.append(ran(d, exit_code, oom))
+                seen.add(d.strategy)
+                exit_code, oom, disrupted = random_outcome(rng)
+                attempts.append(ran(d, exit_code, oom, disrupted))
                 continue
             if isinstance(d, Done):
                 assert last is not None and last.failure is None
@@ -1182,6 +1228,11 @@ def check_history(rng: random.Random) -> int:
             if isinstance(d, Fail):
                 assert last is not None and last.failure is not None
                 assert d.reason
+                if last.failure == "disruption":
+                    assert sum(a.failure == "disruption" for a in attempts) > (
+                        policy.MAX_DISRUPTIONS
+                    )
+                seen.add(f"fail:{last.failure}")
                 return made
             assert isinstance(d, Split)
             assert last is not None and last.failure == "memory"
@@ -1200,15 +1251,25 @@ def check_history(rng: random.Random) -> int:
 
 def test_random_histories_keep_the_invariants() -> None:
     rng = random.Random(20240611)
-    total = sum(check_history(rng) for _ in range(400))
+    seen: set[str] = set()
+    total = sum(check_history(rng, seen) for _ in range(400))
     assert total > 1000  # the loop really explored something
+    assert {"initial", "retry", "disrupted", "shrinkChunks", "grow"} <= seen, seen
+    assert {"fail:input", "fail:error", "fail:memory"} <= seen, seen
 
 
 def test_random_arbitrary_histories_never_raise() -> None:
     """Histories no executor would produce (numbers, memories, scales out of order) still
     get a decision, never an exception."""
     rng = random.Random(7)
-    strategies: list[policy.Strategy] = ["initial", "retry", "shrinkChunks", "split", "grow"]
+    strategies: list[policy.Strategy] = [
+        "initial",
+        "retry",
+        "disrupted",
+        "shrinkChunks",
+        "split",
+        "grow",
+    ]
     for _ in range(300):
         plan, tile, cfg = random_case(rng)
         history = [
@@ -1220,6 +1281,7 @@ def test_random_arbitrary_histories_never_raise() -> None:
                 strategy=rng.choice(strategies),
                 exit_code=rng.choice([0, 1, 2, 3, 137, 143, None, -9]),
                 oom_killed=rng.random() < 0.2,
+                disrupted=rng.random() < 0.2,
             )
             for _ in range(rng.randint(1, 12))
         ]

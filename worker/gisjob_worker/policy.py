@@ -12,7 +12,8 @@ Rules (DESIGN §2, §4):
   (eviction, preemption, node loss, a ``DisruptionTarget`` condition, SIGKILL without an
   OOM the cgroup or kernel confirms, exit 137 without ``OOMKilled``) → relaunched as it
   was: never a memory failure, never counted against ``retry.backoffLimit`` (Kubernetes'
-  podFailurePolicy ``Ignore`` on ``DisruptionTarget``);
+  podFailurePolicy ``Ignore`` on ``DisruptionTarget``), at most ``MAX_DISRUPTIONS`` times;
+  the worker's own exit 0, 2 and 3 and a confirmed OOM kill win over a disruption mark;
 - exit 3 or a confirmed OOM kill (``OOMKilled``, the cgroup's OOM counter) → the next strategy of
   ``retry.onOutOfMemory`` in order: ``shrinkChunks`` (same memory, half the chunk),
   ``split`` (4 block-aligned sub-tiles, or 2 feature halves), ``grow`` (memory × 1.5, capped
@@ -63,10 +64,10 @@ class Attempt:
             return None
         if self.oom_killed or self.exit_code == EXIT_MEMORY:
             return "memory"
+        if self.exit_code == EXIT_INPUT:
+            return "input"  # the worker's own verdict, even on a pod marked for disruption
         if self.disrupted or self.exit_code == EXIT_OOM_KILLED:
             return "disruption"  # 137 alone is a SIGKILL, not proof of an OOM
-        if self.exit_code == EXIT_INPUT:
-            return "input"
         return "error"
 
 
@@ -157,8 +158,8 @@ def decide(plan: Plan, tile: Tile, attempts: Sequence[Attempt], config: PolicyCo
         if disruptions > MAX_DISRUPTIONS:
             return Fail(
                 tile,
-                f"disrupted {disruptions} times in a row (exit {last.exit_code}, not an "
-                "out-of-memory kill); giving up",
+                f"disrupted {disruptions} times (last: exit {last.exit_code}, not an "
+                f"out-of-memory kill); giving up after {MAX_DISRUPTIONS} relaunches",
             )
         return Launch(tile, nxt, last.memory, last.chunk_scale, "disrupted")
     if failure == "error":
