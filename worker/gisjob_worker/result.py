@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .outputs import write_atomic
+
 MAX_BYTES = 4096
 Outcome = Literal["succeeded", "memory", "input", "error"]
 
@@ -32,6 +34,8 @@ class ResultRecord:
     seconds: float = 0.0
     output: str | None = None
     error: str | None = None
+    job: str | None = None
+    digest: str | None = None  # the plan digest the worker built (the ledger's key)
 
     def to_json(self) -> str:
         data: dict[str, Any] = {k: v for k, v in asdict(self).items() if v is not None}
@@ -69,7 +73,4 @@ def write_result(record: ResultRecord, path: str | os.PathLike[str]) -> None:
     if not is_regular or str(p).startswith("/dev/"):
         p.write_text(text)
         return
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p)
+    write_atomic(p, text)
