@@ -221,7 +221,9 @@ def test_complete_tile_indexes_of_nested_vector_splits() -> None:
         rec(f"{f0}-h1"),
         rec(f1, code=1),
     ]
-    records = [replace(r, output=r.output and r.output.replace("tiles/", "parts/")) for r in records]
+    records = [
+        replace(r, output=r.output and r.output.replace("tiles/", "parts/")) for r in records
+    ]
     assert complete_tile_indexes(plan, records, all_there) == {0}
 
 

@@ -31,6 +31,7 @@ STATE_DIR = ".gisjob"
 LEDGER_DIR = "ledger"
 SUFFIX = ".json"
 _NAME_PART = re.compile(r"[A-Za-z0-9_-]+")
+_RECORD_NAME = re.compile(r"([A-Za-z0-9_-]+)\.([0-9]+)\.[0-9a-f]{32}\.json")
 
 
 class LedgerStore(Protocol):
@@ -133,6 +134,10 @@ class LocalLedgerStore:
             ) from None
         records: list[LedgerRecord] = []
         for p in paths:
+            named = _RECORD_NAME.fullmatch(p.name)
+            if named is None:
+                self.log.warning("ledger.skipped", path=str(p), reason="not a record's name")
+                continue
             try:
                 record = LedgerRecord.loads(p.read_text(encoding="utf-8"))
             except LedgerVersionError as exc:
@@ -140,7 +145,7 @@ class LocalLedgerStore:
             except (OSError, UnicodeDecodeError, LedgerError) as exc:
                 self.log.warning("ledger.skipped", path=str(p), reason=str(exc))
                 continue
-            if record.digest != digest or (tile is not None and record.tile != tile):
+            if (record.digest, record.tile, str(record.attempt)) != (digest, *named.groups()):
                 self.log.warning("ledger.skipped", path=str(p), reason="not where it belongs")
                 continue
             records.append(record)
