@@ -19,10 +19,11 @@ from .cgroup import CgroupMemory
 from .cgroup import current as current_cgroup
 from .errors import EXIT_OK, GisJobError
 from .guard import MemoryGuard, peak_rss_bytes, rss_bytes
+from .inputs import input_files
 from .logs import get_logger
 from .metrics import WorkerMetrics
 from .plan import resize_tile
-from .planner import plan_for_tile
+from .planner import plan_digest, plan_for_tile
 from .raster_tile import run_raster
 from .registry import RasterOperation, get_operation
 from .result import ResultRecord
@@ -58,6 +59,13 @@ def import_vector_stack() -> None:
     import shapely  # noqa: F401
 
 
+def _digest_or_none(job: GisJob) -> str | None:
+    try:
+        return plan_digest(job, input_files(job))
+    except Exception:  # the input cannot even be listed: no plan to record under
+        return None
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated("terminated by SIGTERM")
 
@@ -75,11 +83,14 @@ def run_tile(job: GisJob, opts: WorkerOptions, cgroup: CgroupMemory | None = Non
     started = time.monotonic()
     log = get_logger(job=job.name, tile=opts.tile)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    record = ResultRecord(tile=opts.tile, outcome="succeeded", exitCode=EXIT_OK, peakRssBytes=0)
+    record = ResultRecord(
+        tile=opts.tile, outcome="succeeded", exitCode=EXIT_OK, peakRssBytes=0, job=job.name
+    )
     progress = Progress()
     cg = cgroup if cgroup is not None else current_cgroup()
     try:
         plan, tile = plan_for_tile(job, opts.tile)
+        record.digest = plan.digest  # the ledger's key: the plan this worker built
         if opts.chunk_scale < 1.0:
             tile = resize_tile(plan, tile, opts.chunk_scale)
         budget = opts.memory or tile.memory_request_bytes
@@ -124,6 +135,8 @@ def run_tile(job: GisJob, opts: WorkerOptions, cgroup: CgroupMemory | None = Non
     finally:
         signal.signal(signal.SIGTERM, previous)
         outputs.remove_quietly(*progress.temps)
+    if record.digest is None:  # planning failed: the digest needs no metadata reads
+        record.digest = _digest_or_none(job)
     record.chunks = progress.chunks
     record.bytesRead = progress.bytes_read
     record.bytesWritten = progress.bytes_written
