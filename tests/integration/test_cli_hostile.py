@@ -6,9 +6,14 @@ namespace, which an in-process runner cannot show.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import shutil
+import struct
 import subprocess
+import termios
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +195,51 @@ def test_run_names_the_geoparquet_dataset(tmp_path: Path) -> None:
     parts = tmp_path / "out" / "parts"
     assert f"dataset: {parts}  (GeoParquet dataset)" in run.stderr.splitlines()
     assert len(gpd.read_parquet(parts)) == 20
+
+
+# ----------------------------------------------------------------- progress on a terminal
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _run_in_terminal(columns: int, *args: str) -> tuple[int, str]:
+    """``gisjob ARGS`` on a pseudo-terminal ``columns`` wide (24 rows): exit code, output."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["TERM"] = "xterm-256color"
+    proc = subprocess.Popen(
+        [GISJOB, *args], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    return proc.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_progress_line_keeps_its_essentials_on_a_narrow_terminal(
+    tmp_path: Path, columns: int
+) -> None:
+    job = ndvi_job(tmp_path, "progress", tmp_path / "out", width=1024, tile=256)
+    code, output = _run_in_terminal(columns, "run", str(job))
+    assert code == 0, output
+    screen = [line for line in re.split(r"[\r\n]+", ANSI.sub("", output)) if " ETA " in line]
+    assert screen, output
+    final = screen[-1]  # the line left on the terminal when the run ended
+    assert len(final) <= columns, final
+    assert re.search(r"(^|  )16/16  failed 0  .*\b\d+:\d\d ETA 0:00$", final), final
+    assert "…" not in final
+    for line in screen:  # no state of the line ever had its essentials cut
+        assert re.search(r"\b\d+/16  failed \d+  .*\b\d+:\d\d ETA (\d+:\d\d|-:--)$", line), line

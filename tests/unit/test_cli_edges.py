@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,9 @@ from click.testing import CliRunner, Result
 from gisjob_worker import gdalenv, logs
 from gisjob_worker.cli.main import cli
 from gisjob_worker.cli.run import result_lines
+from gisjob_worker.executor import Snapshot
 from gisjob_worker.planner import build_plan
+from gisjob_worker.progress import ProgressLine, clock, eta_seconds, layout
 from gisjob_worker.quantity import format_bytes as fb
 from gisjob_worker.spec import MAX_JOB_BYTES, MAX_JOB_DEPTH, load_job
 
@@ -511,3 +516,112 @@ def test_plan_stops_at_the_first_bad_job_file(tiled_job: Path, tmp_path: Path) -
     assert result.exit_code == 2
     assert one_error_line(result) == f"gisjob: error: {missing}: job file not found"
     assert result.stdout == ""  # checked before any plan is printed
+
+
+# ------------------------------------------------------------------------------ item 13
+
+RUNNING = Snapshot(
+    total=1234,
+    done=567,
+    failed=3,
+    running=8,
+    memory_in_use=7 * 1024**3 + 300 * 1024**2,
+    allowance=24 * 1024**3,
+    retries=2,
+    oom=0,
+    skipped=0,
+)
+
+
+def _line(segments: list[tuple[str, str]]) -> str:
+    return "  ".join("━" * int(t) if style == "bar" else t for t, style in segments)
+
+
+def _texts(segments: list[tuple[str, str]]) -> list[str]:
+    return [t for t, style in segments if style != "bar"]
+
+
+def test_clock_and_eta() -> None:
+    assert [clock(s) for s in (None, 0, 59.6, 61, 3599, 3600, 86399)] == [
+        "-:--",
+        "0:00",
+        "1:00",
+        "1:01",
+        "59:59",
+        "1:00:00",
+        "23:59:59",
+    ]
+    # 570 of 1234 finished in 754 s: 664 left at the same pace
+    assert eta_seconds(RUNNING, 754.0) == pytest.approx(664 * 754 / 570)
+    resumed = dataclasses.replace(RUNNING, done=600, skipped=500)  # resumed tiles cost nothing
+    assert eta_seconds(resumed, 100.0) == pytest.approx(631 * 100 / 103)
+    assert eta_seconds(dataclasses.replace(RUNNING, done=0, failed=0), 5.0) is None
+    assert eta_seconds(dataclasses.replace(RUNNING, done=1231), 5.0) == 0.0
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_progress_essentials_survive_narrow_terminals(width: int) -> None:
+    segments = layout(RUNNING, "s2-ndvi-europe-2024", 754.0, width)
+    line = _line(segments)
+    assert len(line) <= width, line
+    texts = _texts(segments)
+    assert "570/1234" in texts and "failed 3" in texts
+    assert f"12:34 ETA {clock(664 * 754 / 570)}" in texts
+    assert "retries 2" in texts  # a non-zero counter outlives the optional fields
+    assert "…" not in line
+
+
+def test_progress_line_gives_way_in_order() -> None:
+    """Bar width first, then zero counters and the long memory text, then the bar, workers,
+    memory, title; done/total, failed, elapsed and ETA never."""
+    essentials = {"570/1234", "failed 3", f"12:34 ETA {clock(664 * 754 / 570)}"}
+    full = layout(RUNNING, "s2-ndvi-europe-2024", 754.0, 200)
+    everything_with_a_short_bar = len(_line(full)) - 40 + 10
+    seen_widths: dict[str, list[int]] = {}
+    for width in range(38, 200):
+        segments = layout(RUNNING, "s2-ndvi-europe-2024", 754.0, width)
+        line, texts = _line(segments), _texts(segments)
+        assert len(line) <= width, (width, line)
+        assert essentials <= set(texts), (width, line)
+        bar = [int(t) for t, style in segments if style == "bar"]
+        mem = [t for t in texts if t.startswith("mem ")]
+        title = "s2-ndvi-europe-2024" in texts
+        if bar:
+            assert mem and "workers 8" in texts and title, (width, line)
+            assert 10 <= bar[0] <= 40
+        # the bar shrinks to its minimum before anything else goes
+        assert ("OOM 0" in texts) == (width >= everything_with_a_short_bar), (width, line)
+        if "workers 8" in texts:
+            assert mem and title
+        if mem:
+            assert title
+        if "OOM 0" in texts:
+            assert mem == ["mem 7.3 GiB/24.0 GiB"] and bar
+        for key, present in [("bar", bool(bar)), ("mem", bool(mem)), ("title", title)]:
+            if present:
+                seen_widths.setdefault(key, []).append(width)
+    # every optional part appears somewhere, the bar needing the most room
+    assert min(seen_widths["bar"]) > min(seen_widths["mem"]) > min(seen_widths["title"])
+    assert _texts(full) == [
+        "s2-ndvi-europe-2024",
+        "570/1234",
+        "failed 3",
+        "workers 8",
+        "mem 7.3 GiB/24.0 GiB",
+        "retries 2",
+        "OOM 0",
+        f"12:34 ETA {clock(664 * 754 / 570)}",
+    ]
+    assert [t for t, style in full if style == "bar"] == ["40"]
+
+
+def test_progress_renders_through_rich_at_80_columns() -> None:
+    from rich.console import Console
+
+    console = Console(width=80, force_terminal=True, record=True, file=io.StringIO())
+    ui = ProgressLine("demo-ndvi", RUNNING.total, started=time.monotonic() - 75)
+    ui.snapshot = RUNNING
+    console.print(ui)
+    text = console.export_text().rstrip("\n")
+    assert "\n" not in text and len(text) <= 80
+    assert "570/1234  failed 3" in text and "1:15 ETA " in text

@@ -5,57 +5,174 @@ from __future__ import annotations
 
 import statistics
 import sys
+import time
 from typing import Any
 
 from .executor import RunResult, Snapshot
 from .logs import get_logger
 from .quantity import format_bytes
 
+BAR_MIN = 10  # a narrower bar says nothing: the layout drops it instead
+BAR_MAX = 40
+TITLE_MAX = 24
+GAP = "  "
+
+
+def clock(seconds: float | None) -> str:
+    """``M:SS`` under an hour, ``H:MM:SS`` above; ``-:--`` when unknown."""
+    if seconds is None:
+        return "-:--"
+    s = max(0, round(seconds))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def short_bytes(n: int) -> str:
+    """A compact binary size for narrow lines: ``430Mi``, ``17Gi``, ``1.5Gi``."""
+    value = float(n)
+    for unit in ("", "Ki", "Mi", "Gi", "Ti"):
+        if value < 1024 or unit == "Ti":
+            text = f"{value:.1f}" if value < 10 and unit else f"{value:.0f}"
+            return f"{text}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def eta_seconds(s: Snapshot, elapsed: float) -> float | None:
+    """Time left at the pace of the tiles this run finished (resumed tiles cost nothing)."""
+    left = s.total - s.done - s.failed
+    if left <= 0:
+        return 0.0
+    finished = s.done + s.failed - s.skipped
+    if finished <= 0 or elapsed <= 0:
+        return None
+    return left * elapsed / finished
+
+
+def layout(s: Snapshot, title: str, elapsed: float, width: int) -> list[tuple[str, str]]:
+    """The progress line as (text, style) segments that fit ``width`` columns.
+
+    Done/total, failed, elapsed and ETA are always there. What does not fit goes in this
+    order: the bar shrinks (to :data:`BAR_MIN`), zero retry/OOM counters, the memory text
+    shortens, the bar, the worker count, the memory, the title, then non-zero counters. A bar
+    segment's text is its width as digits (the caller draws it)."""
+    if len(title) > TITLE_MAX:
+        title = title[: TITLE_MAX - 1] + "…"
+    essentials = [
+        (f"{s.done + s.failed}/{s.total}", "bold"),
+        (f"failed {s.failed}", "bold red" if s.failed else ""),
+    ]
+    times = [(f"{clock(elapsed)} ETA {clock(eta_seconds(s, elapsed))}", "")]
+    mem_long = f"mem {format_bytes(s.memory_in_use)}/{format_bytes(s.allowance)}"
+    mem_short = f"mem {short_bytes(s.memory_in_use)}/{short_bytes(s.allowance)}"
+    # (text, style, shown when zero too (at full width), non-zero)
+    counters = [
+        (f"retries {s.retries}", "yellow" if s.retries else "", True, s.retries > 0),
+        (f"OOM {s.oom}", "yellow" if s.oom else "", True, s.oom > 0),
+        (f"resumed {s.skipped}", "", False, s.skipped > 0),
+    ]
+    # (title, bar, workers, memory text, counters to show)
+    steps: list[tuple[bool, bool, bool, str | None, str]] = [
+        (True, True, True, mem_long, "all"),
+        (True, True, True, mem_long, "nonzero"),
+        (True, True, True, mem_short, "nonzero"),
+        (True, False, True, mem_short, "nonzero"),
+        (True, False, False, mem_short, "nonzero"),
+        (True, False, False, None, "nonzero"),
+        (False, False, False, None, "nonzero"),
+        (False, False, False, None, "none"),
+    ]
+    for show_title, bar, workers, mem, which in steps:
+        shown = [
+            (text, style)
+            for text, style, always, nonzero in counters
+            if (which == "all" and always) or (which != "none" and nonzero)
+        ]
+        segments: list[tuple[str, str]] = []
+        if show_title:
+            segments.append((title, "bold"))
+        bar_at = len(segments)
+        segments += essentials
+        if workers:
+            segments.append((f"workers {s.running}", ""))
+        if mem and s.allowance > 0:  # no memory figures before the first update
+            segments.append((mem, ""))
+        segments += shown + times
+        used = sum(len(t) for t, _ in segments) + len(GAP) * (len(segments) - 1)
+        if not bar:
+            if used <= width:
+                return segments
+            continue
+        room = width - used - len(GAP)
+        if room >= BAR_MIN:
+            segments.insert(bar_at, (str(min(BAR_MAX, room)), "bar"))
+            return segments
+    return segments  # essentials only: the terminal is narrower than they are
+
+
+class ProgressLine:
+    """The progress line as a rich renderable, laid out for the width it is given."""
+
+    def __init__(self, title: str, total: int, started: float | None = None) -> None:
+        self.title = title
+        self.started = time.monotonic() if started is None else started
+        self.snapshot = Snapshot(
+            total=total,
+            done=0,
+            failed=0,
+            running=0,
+            memory_in_use=0,
+            allowance=0,
+            retries=0,
+            oom=0,
+            skipped=0,
+        )
+
+    def render(self, width: int) -> Any:
+        from rich.text import Text
+
+        s = self.snapshot
+        line = Text(no_wrap=True, overflow="ellipsis")
+        segments = layout(s, self.title, time.monotonic() - self.started, width)
+        for i, (text, style) in enumerate(segments):
+            if i:
+                line.append(GAP)
+            if style == "bar":
+                bar = int(text)
+                filled = round(bar * (s.done + s.failed) / s.total) if s.total else bar
+                line.append("━" * filled, style="red" if s.failed else "green")
+                line.append("━" * (bar - filled), style="grey23")
+            else:
+                line.append(text, style=style)
+        return line
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield self.render(options.max_width)
+
 
 class TerminalProgress:
-    """Tiles done/total, workers running, memory in use vs allowance, retries, OOMs, ETA."""
+    """One line: tiles done/total, failed, workers, memory in use vs allowance, retries,
+    OOMs, elapsed and ETA, laid out for the terminal's width (:func:`layout`)."""
 
     def __init__(self, title: str, total: int) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.live import Live
 
+        self.line = ProgressLine(title, total)
         self.console = Console(stderr=True)
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=False,
-        )
-        self.task = self.progress.add_task(title, total=total, status="")
-        self.progress.start()
+        self.live = Live(self.line, console=self.console, refresh_per_second=4)
+        self.live.start()
 
     def update(self, s: Snapshot) -> None:
-        status = (
-            f"workers {s.running}  mem {format_bytes(s.memory_in_use)}/"
-            f"{format_bytes(s.allowance)}  retries {s.retries}  OOM {s.oom}"
-            + (f"  failed {s.failed}" if s.failed else "")
-            + (f"  resumed {s.skipped}" if s.skipped else "")
-        )
-        self.progress.update(self.task, total=s.total, completed=s.done + s.failed, status=status)
+        self.line.snapshot = s
 
     def event(self, name: str, data: dict[str, Any]) -> None:
         if name in ("failed", "out-of-memory", "split", "forkserver-lost"):
-            self.progress.console.log(f"{name}: {data}")
+            self.console.log(f"{name}: {data}")
 
     def close(self) -> None:
-        self.progress.stop()
+        self.live.stop()
 
 
 class LogProgress:
