@@ -23,7 +23,7 @@ from typing import Any
 
 from gisjob_worker import policy
 from gisjob_worker.plan import Plan, Tile, split_tile
-from gisjob_worker.quantity import to_quantity
+from gisjob_worker.quantity import parse_quantity, to_quantity
 from gisjob_worker.ranges import decode
 
 from .pods import (
@@ -36,6 +36,17 @@ from .pods import (
 )
 
 FINISHED = ("Succeeded", "Failed")
+# pod ``status.reason`` values Kubernetes gives pods it ended for reasons not their own:
+# kubelet evictions (node pressure), kubelet preemption of a critical pod, (graceful) node
+# shutdown, the node controller's lost node
+DISRUPTION_REASONS = frozenset(
+    {"Evicted", "Preempting", "Shutdown", "NodeShutdown", "Terminated", "NodeLost"}
+)
+# the container's ``state.terminated.reason`` when the kubelet lost the container (node or
+# runtime gone): nothing says how the worker ended
+CONTAINER_UNKNOWN = "ContainerStatusUnknown"
+OOM_KILLED = "OOMKilled"
+SIGKILL_EXIT = 137
 
 
 @dataclass(frozen=True)
@@ -53,9 +64,14 @@ class PodView:
     exit_code: int | None = None
     oom_killed: bool = False
     record: dict[str, Any] | None = None
-    finished_at: float | None = None  # epoch seconds
+    # when the pod finished (epoch seconds), as well as anyone can tell: the container's
+    # finishedAt, else the pod's latest condition transition, deletion, start, when this
+    # operator first saw it finished, creation (see pod_view); None only when none is known
+    finished_at: float | None = None
     deleting: bool = False
-    message: str | None = None
+    message: str | None = None  # the container's termination message
+    disrupted: bool = False  # ended by something other than the tile (eviction, node loss…)
+    cause: str | None = None  # why Kubernetes says it ended (reason: message), if it says
 
     @property
     def finished(self) -> bool:
@@ -74,11 +90,12 @@ class PodView:
             "s": self.strategy,
             "x": self.exit_code,
             "o": self.oom_killed,
+            "d": self.disrupted,
         }
 
 
-def _parse_time(text: str | None) -> float | None:
-    if not text:
+def _parse_time(text: Any) -> float | None:
+    if not text or not isinstance(text, str):
         return None
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
@@ -86,8 +103,82 @@ def _parse_time(text: str | None) -> float | None:
         return None
 
 
-def pod_view(pod: dict[str, Any]) -> PodView | None:
-    """Parse a pod object (as a dict, API field names); None if it is not a worker pod."""
+def _terminated(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The worker container's terminated state (the last one listed), if it has one."""
+    term = None
+    for cs in status.get("containerStatuses") or []:
+        t = (cs.get("state") or {}).get("terminated")
+        if t:
+            term = t
+    return term
+
+
+def _deletion_requested(meta: dict[str, Any]) -> float | None:
+    """When the pod's deletion was asked for: ``deletionTimestamp`` is that time plus the
+    grace period."""
+    at = _parse_time(meta.get("deletionTimestamp"))
+    if at is None:
+        return None
+    grace = meta.get("deletionGracePeriodSeconds")
+    return at - float(grace) if isinstance(grace, int | float) else at
+
+
+def _disruption(
+    meta: dict[str, Any], status: dict[str, Any], term: dict[str, Any] | None
+) -> str | None:
+    """Why the pod was ended by something other than its tile, or None when it was not (as
+    far as the pod tells)."""
+    if term is not None and term.get("reason") == OOM_KILLED:
+        return None  # the runtime confirms an OOM kill: the tile's own memory failure
+    for c in status.get("conditions") or []:
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            return f"DisruptionTarget: {c.get('reason') or 'unknown'}"
+    if status.get("reason") in DISRUPTION_REASONS:
+        return str(status["reason"])
+    if term is not None and term.get("reason") == CONTAINER_UNKNOWN:
+        return CONTAINER_UNKNOWN
+    requested = _deletion_requested(meta)
+    if requested is not None:
+        # the operator deletes only pods that already finished (or, suspended, all): a pod
+        # that was still running when its deletion was asked for was ended by the deletion
+        finished = _parse_time(term.get("finishedAt")) if term is not None else None
+        if term is None or finished is None or finished >= requested:
+            return "deleted while running"
+    if term is not None and term.get("exitCode") == SIGKILL_EXIT:
+        return f"exit {SIGKILL_EXIT} (SIGKILL) without {OOM_KILLED}"
+    return None
+
+
+def _finish_time(
+    meta: dict[str, Any],
+    status: dict[str, Any],
+    term: dict[str, Any] | None,
+    seen_finished: float | None,
+) -> float | None:
+    """The best known time a finished pod finished. Evicted, lost and rejected pods often
+    have no terminated container, or one without ``finishedAt``: then the latest of what
+    the pod does tell (its conditions' transitions — Ready → False, DisruptionTarget —, the
+    deletion request, its start), else the time the operator first saw it finished, else
+    its creation."""
+    at = _parse_time(term.get("finishedAt")) if term is not None else None
+    if at is not None:
+        return at
+    told = [_parse_time(c.get("lastTransitionTime")) for c in status.get("conditions") or []]
+    told += [_deletion_requested(meta), _parse_time(status.get("startTime"))]
+    known = [t for t in told if t is not None]
+    if known:
+        return max(known)
+    if seen_finished is not None:
+        return seen_finished
+    return _parse_time(meta.get("creationTimestamp"))
+
+
+def pod_view(pod: dict[str, Any], seen_finished: float | None = None) -> PodView | None:
+    """Parse a pod object (as a dict, API field names); None if it is not a worker pod.
+
+    ``seen_finished``: when this operator (process) first saw the pod in a finished phase —
+    the time a retry's backoff counts from when the pod itself tells no time at all.
+    """
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
@@ -95,26 +186,25 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         return None
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
     containers = spec.get("containers") or [{}]
     limits = ((containers[0].get("resources") or {}).get("limits")) or {}
-    from gisjob_worker.quantity import parse_quantity
-
     try:
         memory = parse_quantity(str(limits.get("memory", "0")))
     except ValueError:
         memory = 0
+    term = _terminated(status)
     exit_code: int | None = None
     oom = False
     message = None
-    finished_at = None
     record = None
-    for cs in status.get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated")
-        if term:
-            exit_code = term.get("exitCode")
-            oom = term.get("reason") == "OOMKilled"
-            message = term.get("message")
-            finished_at = _parse_time(term.get("finishedAt"))
+    if term is not None:
+        code = term.get("exitCode")
+        exit_code = code if isinstance(code, int) else None
+        oom = term.get("reason") == OOM_KILLED
+        message = term.get("message")
+    elif phase == "Succeeded":
+        exit_code = 0  # every container exited 0, whatever the statuses still show
     if message:
         try:
             parsed = json.loads(message)
@@ -125,11 +215,17 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         history = tuple(json.loads(annotations.get(ANNOTATION_HISTORY, "[]")))
     except ValueError:
         history = ()
+    finished = phase in FINISHED
+    why = _disruption(meta, status, term) if finished else None
+    said = " ".join(str(status.get("message") or "").split())[:300]
+    reason = status.get("reason") or (term.get("reason") if term is not None else None)
+    told = ": ".join(str(x) for x in (reason, said) if x)
+    cause = told if why is None or told.startswith(why) else "; ".join(x for x in (why, told) if x)
     return PodView(
         name=meta.get("name", ""),
         tile=labels[LABEL_TILE],
         attempt=int(labels[LABEL_ATTEMPT]),
-        phase=status.get("phase") or "Pending",
+        phase=phase,
         memory=memory,
         chunk_scale=float(annotations.get(ANNOTATION_CHUNK_SCALE, "1.0")),
         strategy=annotations.get(ANNOTATION_STRATEGY, "initial"),
@@ -137,9 +233,11 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         exit_code=exit_code,
         oom_killed=oom,
         record=record,
-        finished_at=finished_at,
+        finished_at=_finish_time(meta, status, term, seen_finished) if finished else None,
         deleting=bool(meta.get("deletionTimestamp")),
         message=message,
+        disrupted=why is not None,
+        cause=(cause or None) if finished else None,
     )
 
 
@@ -152,6 +250,7 @@ def to_attempt(tile: str, h: dict[str, Any]) -> policy.Attempt:
         strategy=h["s"],
         exit_code=h["x"],
         oom_killed=bool(h["o"]),
+        disrupted=bool(h.get("d", False)),  # histories written before disruptions: absent
     )
 
 
@@ -166,6 +265,7 @@ class Progress:
     split: set[str] = field(default_factory=set)  # tile ids (planned or sub) that were split
     memory_retries: int = 0
     other_retries: int = 0
+    disruptions: int = 0  # relaunches after disruptions: neither memory nor other retries
     peak_observed: int = 0
 
     @classmethod
@@ -181,6 +281,7 @@ class Progress:
             split=set(sub.get("split") or []),
             memory_retries=int(retries.get("memory") or 0),
             other_retries=int(retries.get("other") or 0),
+            disruptions=int(retries.get("disruptions") or 0),
             peak_observed=int((s.get("memory") or {}).get("peakObservedBytes") or 0),
         )
 
@@ -193,6 +294,7 @@ class Progress:
             frozenset(self.split),
             self.memory_retries,
             self.other_retries,
+            self.disruptions,
             self.peak_observed,
         )
 
@@ -220,6 +322,7 @@ class Actions:
     pending: int = 0
     waiting: int = 0  # finished pods not processed this tick (status coalescing)
     memory_failures: int = 0  # exit 3 / OOMKilled attempts seen this tick
+    disruptions: int = 0  # disrupted attempts (evicted, preempted, …) decided this tick
 
 
 class TileTree:
@@ -349,7 +452,10 @@ def reconcile(
         newest = views[-1]
         for old in views[:-1]:  # superseded: the successor holds the history
             _retire(old, actions, failed_pods)
-        if newest.deleting:
+        if newest.deleting and not (newest.finished and newest.disrupted):
+            # being deleted: by this operator (its outcome is in the status or a successor)
+            # or while still running. A pod that someone else's deletion (a drain, a user)
+            # killed is a disruption and is decided below while it is still there to read.
             continue
         if newest.alive:
             slots += 1
@@ -377,7 +483,7 @@ def reconcile(
         decision = policy.decide(plan, tile, attempts, config)
         failure = attempts[-1].failure
         if isinstance(decision, policy.Launch) and (
-            suspended or (newest.finished_at or now) + decision.delay_seconds > now
+            suspended or _backing_off(newest, decision.delay_seconds, now)
         ):
             # backoff not over, or suspended: the finished pod keeps its slot and is decided
             # again on a later tick; only then is the attempt counted, journaled, reported
@@ -387,7 +493,9 @@ def reconcile(
         record = newest.record or {
             "tile": tile_id,
             "outcome": failure or "succeeded",
-            "error": newest.message or ("OOMKilled by its cgroup" if newest.oom_killed else None),
+            "error": newest.message
+            or ("OOMKilled by its cgroup" if newest.oom_killed else None)
+            or newest.cause,
         }
         actions.records.append(
             {
@@ -400,6 +508,7 @@ def reconcile(
                 "pod": newest.name,
                 "exitCode": newest.exit_code,
                 "oomKilled": newest.oom_killed,
+                "disrupted": newest.disrupted,
             }
         )
         if newest.record:
@@ -410,6 +519,9 @@ def reconcile(
         if failure == "memory":
             p.memory_retries += 1
             actions.memory_failures += 1
+        elif failure == "disruption":
+            p.disruptions += 1
+            actions.disruptions += 1
         if isinstance(decision, policy.Done):
             _mark(tree, p, tile, "done")
             _retire(newest, actions, failed_pods)
@@ -437,6 +549,17 @@ def reconcile(
             assert isinstance(decision, policy.Launch)
             if decision.strategy == "retry":
                 p.other_retries += 1
+            elif decision.strategy == "disrupted":
+                actions.events.append(
+                    Event(
+                        "Warning",
+                        "TileDisrupted",
+                        f"tile {tile_id} attempt {newest.attempt} was ended by something other "
+                        f"than the tile ({newest.cause or oom}): relaunched as it was, memory "
+                        f"{to_quantity(decision.memory)}, chunk scale {decision.chunk_scale:g}; "
+                        "not an out-of-memory failure, not counted against backoffLimit",
+                    )
+                )
             elif failure == "memory":
                 actions.events.append(
                     Event(
@@ -489,6 +612,13 @@ def reconcile(
     actions.pending = max(0, remaining - slots)
     actions.finished = remaining == 0 and slots == 0
     return actions
+
+
+def _backing_off(view: PodView, delay: float, now: float) -> bool:
+    """Whether a finished pod's retry must still wait. The backoff counts from when the pod
+    finished; a pod that tells no time at all (see :func:`pod_view`) is not waited for —
+    counting from ``now`` would wait for ever."""
+    return view.finished_at is not None and view.finished_at + delay > now
 
 
 def _under_open_tile(tile_id: str, open_ids: set[str]) -> bool:

@@ -68,7 +68,11 @@ def progress_status(plan: Plan, p: Progress, actions: Actions | None) -> dict[st
         "progress": f"{succeeded}/{total}",
         "completedTiles": encode(p.completed),
         "failedTiles": encode(p.failed),
-        "retries": {"memory": p.memory_retries, "other": p.other_retries},
+        "retries": {
+            "memory": p.memory_retries,
+            "other": p.other_retries,
+            "disruptions": p.disruptions,
+        },
         "memory": {
             "peakObservedBytes": p.peak_observed,
             "peakObserved": f"{p.peak_observed / 1024**2:.0f}Mi" if p.peak_observed else "",

@@ -1,8 +1,14 @@
 """Plan pieces for the pure tests (policy, reconcile, status): sizings and input files built
-directly from the planner's dataclasses, no I/O."""
+directly from the planner's dataclasses, and worker pod views as the reconciler reads them;
+no I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from types import EllipsisType
+from typing import Any
+
+from gisjob_operator.reconcile import PodView
 from gisjob_worker.plan import RasterFile, RasterOutput, Sizing, VectorFile
 
 MIB = 1024**2
@@ -66,4 +72,60 @@ def vector_file(features: int = 1000) -> VectorFile:
         first_fid=1,
         bytes_per_feature=1000.0,
         crs="EPSG:32633",
+    )
+
+
+# ------------------------------------------------------------------------------ pod views
+
+NOW = 1_700_000_000.0  # the reconcile tests' clock (epoch seconds)
+
+
+def worker_view(
+    name: str,
+    tile: str,
+    memory: int,
+    attempt: int = 0,
+    phase: str = "Running",
+    *,
+    exit_code: int | EllipsisType | None = ...,
+    finished_at: float | EllipsisType | None = ...,
+    now: float = NOW,
+    oom: bool = False,
+    disrupted: bool = False,
+    cause: str | None = None,
+    record: dict[str, Any] | None = None,
+    chunk_scale: float = 1.0,
+    strategy: str = "initial",
+    history: Sequence[dict[str, Any]] = (),
+    deleting: bool = False,
+    message: str | None = None,
+) -> PodView:
+    """A worker pod as :func:`gisjob_operator.reconcile.pod_view` reads it.
+
+    A finished pod reports, unless told otherwise, what an ordinary ending does: exit 0
+    (Succeeded) or 1 (Failed) and a finish time a minute before ``now``. Pass
+    ``exit_code=None`` and/or ``finished_at=None`` for pods that report neither (evicted,
+    lost with their node, rejected at admission: no terminated container state)."""
+    done = phase in ("Succeeded", "Failed")
+    if exit_code is ...:
+        exit_code = (0 if phase == "Succeeded" else 1) if done else None
+    if finished_at is ...:
+        finished_at = now - 60 if done else None
+    return PodView(
+        name=name,
+        tile=tile,
+        attempt=attempt,
+        phase=phase,
+        memory=memory,
+        chunk_scale=chunk_scale,
+        strategy=strategy,
+        history=tuple(history),
+        exit_code=exit_code,
+        oom_killed=oom,
+        record=record,
+        finished_at=finished_at,
+        deleting=deleting,
+        message=message,
+        disrupted=disrupted,
+        cause=cause,
     )

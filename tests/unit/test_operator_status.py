@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from planbuilders import raster_file, raster_sizing
+from planbuilders import raster_file, raster_sizing, worker_view
 
 from gisjob_operator.crd import build_crd
 from gisjob_operator.pods import pod_name
@@ -181,16 +181,7 @@ def mid_run() -> tuple[Progress, list[PodView], dict[str, Any]]:
     holes = [i for i in range(60_000, 60_200) if i not in resolved]
     running_ids = [kids[3], *(BIG.tiles[i].id for i in holes[:49])]
     pods = [
-        PodView(
-            name=pod_name(BIG.job, tid, 0),
-            tile=tid,
-            attempt=0,
-            phase="Running",
-            memory=BIG.tiles[0].memory_request_bytes,
-            chunk_scale=1.0,
-            strategy="initial",
-            history=(),
-        )
+        worker_view(pod_name(BIG.job, tid, 0), tid, BIG.tiles[0].memory_request_bytes)
         for tid in running_ids
     ]
     return p, pods, persisted
@@ -278,7 +269,7 @@ def test_progress_status_without_actions() -> None:
     assert st["progress"] == "2/4"
     assert st["completedTiles"] == "0-1"
     assert st["failedTiles"] == "3"
-    assert st["retries"] == {"memory": 0, "other": 0}
+    assert st["retries"] == {"memory": 0, "other": 0, "disruptions": 0}
     assert st["memory"] == {
         "peakObservedBytes": 0,
         "peakObserved": "",
@@ -344,6 +335,7 @@ def test_progress_status_round_trips_through_progress() -> None:
         sub_failed={"r0000c0001-q1"},
         memory_retries=2,
         other_retries=1,
+        disruptions=7,
         peak_observed=5,
     )
     again = Progress.from_status(json.loads(json.dumps(progress_status(plan, p, None))))

@@ -13,13 +13,14 @@ lost and deletions linger, and checks the restart-safety claims of the module do
 from __future__ import annotations
 
 import functools
+import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
-from planbuilders import raster_file, raster_sizing, vector_file, vector_sizing
+from planbuilders import NOW, raster_file, raster_sizing, vector_file, vector_sizing, worker_view
 
 from gisjob_operator.pods import (
     ANNOTATION_HISTORY,
@@ -57,7 +58,6 @@ MIB = 1024**2
 JOB = "unit-job"
 UID = "6c1a7f0e-0000-4000-8000-000000000001"
 NS = "gis"
-NOW = 1_700_000_000.0
 STRATEGIES = ("shrinkChunks", "split", "grow")
 
 # ------------------------------------------------------------------------------ builders
@@ -106,36 +106,18 @@ def view(
     phase: str = "Running",
     *,
     plan: Plan = RASTER,
-    exit_code: int | None = None,
-    oom: bool = False,
-    record: dict[str, Any] | None = None,
-    finished_at: float | None = None,
     memory: int | None = None,
-    chunk_scale: float = 1.0,
-    strategy: str = "initial",
-    history: Sequence[dict[str, Any]] = (),
-    deleting: bool = False,
-    message: str | None = None,
+    **kw: Any,
 ) -> PodView:
-    if phase in ("Succeeded", "Failed") and exit_code is None:
-        exit_code = 0 if phase == "Succeeded" else 1
-    if phase in ("Succeeded", "Failed") and finished_at is None:
-        finished_at = NOW - 60
-    return PodView(
-        name=pod_name(JOB, tile, attempt),
-        tile=tile,
-        attempt=attempt,
-        phase=phase,
-        memory=memory if memory is not None else tile_of(plan, tile).memory_request_bytes,
-        chunk_scale=chunk_scale,
-        strategy=strategy,
-        history=tuple(history),
-        exit_code=exit_code,
-        oom_killed=oom,
-        record=record,
-        finished_at=finished_at,
-        deleting=deleting,
-        message=message,
+    """A pod of ``tile`` (see ``planbuilders.worker_view``: ``exit_code=None`` and
+    ``finished_at=None`` make a pod that reports neither)."""
+    return worker_view(
+        pod_name(JOB, tile, attempt),
+        tile,
+        memory if memory is not None else tile_of(plan, tile).memory_request_bytes,
+        attempt,
+        phase,
+        **kw,
     )
 
 
@@ -144,7 +126,7 @@ def succeeded(tile: str, attempt: int = 0, *, plan: Plan = RASTER, **kw: Any) ->
     return view(tile, attempt, "Succeeded", plan=plan, **kw)
 
 
-def failed(tile: str, attempt: int = 0, exit_code: int = 1, **kw: Any) -> PodView:
+def failed(tile: str, attempt: int = 0, exit_code: int | None = 1, **kw: Any) -> PodView:
     return view(tile, attempt, "Failed", exit_code=exit_code, **kw)
 
 
@@ -341,17 +323,34 @@ def test_pod_view_reads_deletion_and_quantities() -> None:
     assert v is not None and v.deleting and not v.alive and v.memory == 3 * 1024**3
 
 
-def test_pod_view_bad_finish_time_is_none() -> None:
+def test_pod_view_bad_finish_time_falls_back_to_other_times() -> None:
     pod = pod_object(launch_of(T0), "Failed", exit_code=1)
     pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "yesterday"
     v = pod_view(pod)
-    assert v is not None and v.finished_at is None
+    assert v is not None and v.finished_at == NOW - 600  # its creation: nothing later known
+    assert pod_view(pod, seen_finished=NOW - 5) == replace(v, finished_at=NOW - 5)
+    pod["status"]["startTime"] = now_iso(NOW - 90)
+    v = pod_view(pod, seen_finished=NOW - 5)
+    assert v is not None and v.finished_at == NOW - 90
+    del pod["metadata"]["creationTimestamp"], pod["status"]["startTime"]
+    v = pod_view(pod)
+    assert v is not None and v.finished_at is None  # nothing at all: None, never "now"
 
 
 def test_attempt_record_round_trips_through_to_attempt() -> None:
     v = failed(T0, 3, exit_code=137, oom=True, memory=512 * MIB, chunk_scale=0.25, strategy="grow")
     a = to_attempt(T0, v.attempt_record())
     assert a == policy.Attempt(T0, 3, 512 * MIB, 0.25, "grow", 137, True)
+    d = failed(T0, 4, exit_code=None, disrupted=True, strategy="disrupted", memory=5 * MIB)
+    assert d.attempt_record()["d"] is True
+    assert to_attempt(T0, d.attempt_record()) == policy.Attempt(
+        T0, 4, 5 * MIB, 1.0, "disrupted", None, False, True
+    )
+
+
+def test_history_written_before_disruptions_reads_as_not_disrupted() -> None:
+    old = {"n": 0, "m": 1, "c": 1.0, "s": "initial", "x": 1, "o": False}  # no "d"
+    assert to_attempt(T0, old) == policy.Attempt(T0, 0, 1, 1.0, "initial", 1, False, False)
 
 
 # ------------------------------------------------------------------------ launching tiles
@@ -504,7 +503,15 @@ def test_exit_3_launches_a_shrink_successor_with_history() -> None:
         chunk_scale=0.5,
         strategy="shrinkChunks",
         history=(
-            {"n": 0, "m": t.memory_request_bytes, "c": 1.0, "s": "initial", "x": 3, "o": False},
+            {
+                "n": 0,
+                "m": t.memory_request_bytes,
+                "c": 1.0,
+                "s": "initial",
+                "x": 3,
+                "o": False,
+                "d": False,
+            },
         ),
     )
     assert pod.name not in a.delete  # kept until the successor exists (and for debugging)
@@ -537,14 +544,32 @@ def test_history_accumulates_over_attempts() -> None:
     [(137, "OOMKilled"), (137, "Error"), (3, "Error"), (0, "OOMKilled"), (1, "OOMKilled")],
 )
 def test_oom_kills_are_memory_failures(exit_code: int, reason: str) -> None:
-    """OOMKilled (any exit code) and exit 137 are treated like exit 3."""
+    """OOMKilled (any exit code) and exit 3 are memory failures; exit 137 without
+    OOMKilled is a SIGKILL from something else (a disruption): relaunched as it was."""
     pod = pod_view(pod_object(launch_of(T0), "Failed", exit_code=exit_code, reason=reason))
     assert pod is not None
     a = tick([pod], parallelism=1)
+    (record,) = a.records
+    if exit_code == 137 and reason != "OOMKilled":
+        assert pod.disrupted and not pod.oom_killed
+        assert created(a) == [(T0, 1, "disrupted")]
+        (launch,) = a.create
+        assert (launch.memory, launch.chunk_scale) == (pod.memory, 1.0)  # as it was
+        assert launch.history[0]["o"] is False and launch.history[0]["d"] is True
+        assert a.progress.memory_retries == 0 and a.memory_failures == 0
+        assert a.progress.other_retries == 0
+        assert a.progress.disruptions == 1 and a.disruptions == 1
+        assert [e.reason for e in a.events] == ["TileDisrupted"]
+        assert "137" in a.events[0].message and "OOMKilled" in a.events[0].message
+        assert (record["outcome"], record["disrupted"]) == ("disruption", True)
+        return
+    assert not pod.disrupted
     assert created(a) == [(T0, 1, "shrinkChunks")]
-    assert a.progress.memory_retries == 1
+    assert a.progress.memory_retries == 1 and a.progress.disruptions == 0
     assert a.create[0].history[0]["o"] is (reason == "OOMKilled")
+    assert a.create[0].history[0]["d"] is False
     assert a.events[0].reason == "OutOfMemory"
+    assert (record["outcome"], record["disrupted"]) == ("memory", False)
     if reason == "OOMKilled":
         assert "OOMKilled" in a.events[0].message
 
@@ -648,9 +673,26 @@ def test_backoff_doubles_per_retry() -> None:
     assert created(tick([pod], now=NOW + 20, parallelism=1)) == [(T0, 2, "retry")]
 
 
-def test_backoff_without_finish_time_counts_from_now() -> None:
-    pod = replace(failed(T0, exit_code=1), finished_at=None)
-    assert tick([pod], parallelism=1).create == []
+def test_backoff_without_any_known_finish_time_does_not_wait_for_ever() -> None:
+    """A pod that tells no time at all (``pod_view`` found no finishedAt, condition, start,
+    creation, and the controller passed no first-seen time): counting the backoff from
+    ``now`` would wait for ever; it is not waited for."""
+    pod = failed(T0, exit_code=1, finished_at=None)
+    assert created(tick([pod], parallelism=1)) == [(T0, 1, "retry")]
+
+
+def test_backoff_counts_from_the_first_time_the_pod_was_seen_finished() -> None:
+    """The controller passes when it first saw the pod finished; the backoff (10 s) counts
+    from there, and a later tick launches the retry."""
+    pod = pod_object(launch_of(T0), "Failed")  # no container state, no times
+    pod["status"].update(reason="UnexpectedAdmissionError", message="Pod was rejected: …")
+    del pod["metadata"]["creationTimestamp"]
+    seen = NOW - 4
+    v = pod_view(pod, seen_finished=seen)
+    assert v is not None and v.finished_at == seen and v.exit_code is None
+    assert tick([v], parallelism=1, now=NOW).create == []
+    assert tick([v], parallelism=1, now=seen + 9.9).create == []
+    assert created(tick([v], parallelism=1, now=seen + 10)) == [(T0, 1, "retry")]
 
 
 def test_backoff_limit_exhausted_fails_the_tile() -> None:
@@ -664,13 +706,326 @@ def test_backoff_limit_exhausted_fails_the_tile() -> None:
     assert "backoffLimit is 2" in a.events[0].message
 
 
-def test_killed_with_no_exit_code_is_retried() -> None:
-    """A pod that failed without a terminated state (evicted, node lost) is an 'error'."""
+def test_failed_with_no_exit_code_is_retried() -> None:
+    """A pod that failed without a terminated state and no mark of a disruption (rejected
+    at admission) is an 'error': retried after its backoff."""
     pod = view(T0, phase="Failed", exit_code=None, finished_at=NOW - 100)
-    pod = replace(pod, exit_code=None)
+    assert pod.exit_code is None
     a = tick([pod], parallelism=1)
     assert created(a) == [(T0, 1, "retry")]
     assert a.records[0]["exitCode"] is None and a.records[0]["outcome"] == "error"
+
+
+# ------------------------------------------------- disruptions, and pods that tell little
+# Pod statuses as the API returns them for pods that ended for reasons not their own, or
+# that never ran: most have no terminated container state, hence no exit code and no
+# finishedAt. Each must get a successor (a hang here is a tile that never ends).
+
+EVICTION_MESSAGE = (
+    "The node was low on resource: memory. Threshold quantity: 100Mi, available: 86432Ki. "
+    "Container worker was using 1843204Ki, request is 1Gi, has larger consumption of "
+    "memory. "
+)
+
+
+def api_pod(launch: PodLaunch, status: dict[str, Any], **metadata: Any) -> dict[str, Any]:
+    """A worker pod built by the operator, with ``status`` as the API returns it."""
+    pod = pod_object(launch)
+    pod["status"] = status
+    pod["metadata"].update(metadata)
+    return pod
+
+
+def condition(type_: str, status: str, at: float, reason: str | None = None) -> dict[str, Any]:
+    c = {"type": type_, "status": status, "lastTransitionTime": now_iso(at)}
+    if reason is not None:
+        c["reason"] = reason
+    return c
+
+
+STARTED = NOW - 300
+
+# (status, pod dict extras) per case; times are whole seconds (now_iso has no fraction)
+TELL_LITTLE: dict[str, dict[str, Any]] = {
+    # kubelet eviction before Kubernetes 1.26: the famous bare status
+    "evicted": {
+        "phase": "Failed",
+        "reason": "Evicted",
+        "message": EVICTION_MESSAGE,
+        "startTime": now_iso(STARTED),
+    },
+    # kubelet eviction since 1.26: a DisruptionTarget condition; the container never got a
+    # terminated state (it was still being created)
+    "evicted-disruption-target": {
+        "phase": "Failed",
+        "reason": "Evicted",
+        "message": EVICTION_MESSAGE,
+        "startTime": now_iso(STARTED),
+        "qosClass": "Guaranteed",
+        "conditions": [
+            condition("DisruptionTarget", "True", NOW - 42, "TerminationByKubelet"),
+            condition("PodReadyToStartContainers", "False", NOW - 41),
+            condition("Initialized", "True", STARTED),
+            condition("Ready", "False", NOW - 41, "PodFailed"),
+            condition("ContainersReady", "False", NOW - 41, "PodFailed"),
+            condition("PodScheduled", "True", STARTED - 1),
+        ],
+        "containerStatuses": [
+            {
+                "name": "worker",
+                "image": "ghcr.io/gisjob/worker:latest",
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "started": False,
+                "state": {"waiting": {"reason": "ContainerCreating"}},
+                "lastState": {},
+            }
+        ],
+    },
+    # the node (or its runtime) lost the container: a terminated state with 137 and no times
+    "container-status-unknown": {
+        "phase": "Failed",
+        "startTime": now_iso(STARTED),
+        "conditions": [
+            condition("Initialized", "True", STARTED),
+            condition("Ready", "False", NOW - 20, "PodFailed"),
+            condition("PodScheduled", "True", STARTED - 1),
+        ],
+        "containerStatuses": [
+            {
+                "name": "worker",
+                "ready": False,
+                "restartCount": 0,
+                "started": False,
+                "state": {
+                    "terminated": {
+                        "exitCode": 137,
+                        "reason": "ContainerStatusUnknown",
+                        "message": "The container could not be located when the pod was terminated",
+                        "startedAt": None,
+                        "finishedAt": None,
+                    }
+                },
+                "lastState": {},
+            }
+        ],
+    },
+    # rejected by the kubelet's admission (a scheduling race): never ran
+    "admission-rejected": {
+        "phase": "Failed",
+        "reason": "OutOfmemory",
+        "message": "Pod was rejected: Node didn't have enough resource: memory, requested: "
+        "1073741824, used: 7449083904, capacity: 8340180992",
+        "startTime": now_iso(NOW - 7),
+        "conditions": [condition("PodScheduled", "True", NOW - 8)],
+    },
+    # rejected with nothing but a reason: the operator's first sight is the only time
+    "admission-error-bare": {
+        "phase": "Failed",
+        "reason": "UnexpectedAdmissionError",
+        "message": "Pod was rejected: Allocate failed due to no healthy devices present; "
+        "cannot allocate unhealthy devices example.com/gpu, which is unexpected",
+    },
+}
+# case: (disrupted, exit code, finished at, successor strategy)
+SEEN = NOW - 3  # when the operator first saw the pod finished
+TELL_LITTLE_EXPECTED: dict[str, tuple[bool, int | None, float, str]] = {
+    "evicted": (True, None, STARTED, "disrupted"),
+    "evicted-disruption-target": (True, None, NOW - 41, "disrupted"),
+    "container-status-unknown": (True, 137, NOW - 20, "disrupted"),
+    "admission-rejected": (False, None, NOW - 7, "retry"),
+    "admission-error-bare": (False, None, SEEN, "retry"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TELL_LITTLE))
+def test_pods_that_tell_little_still_get_a_successor(case: str) -> None:
+    """Evicted, lost and rejected pods: read as disruptions (relaunched at once, as they
+    were) or as errors (retried once their backoff, counted from the best time the pod or
+    the operator knows, is over) — never waiting for a finishedAt that will not come."""
+    disrupted, exit_code, since, strategy = TELL_LITTLE_EXPECTED[case]
+    pod = api_pod(launch_of(T0), json.loads(json.dumps(TELL_LITTLE[case])))
+    del pod["metadata"]["creationTimestamp"]  # the last resort is tested elsewhere
+    v = pod_view(pod, seen_finished=SEEN)
+    assert v is not None and v.finished and not v.deleting
+    assert (v.disrupted, v.exit_code, v.oom_killed) == (disrupted, exit_code, False)
+    assert v.finished_at == since
+    assert v.cause is not None and (TELL_LITTLE[case].get("reason") or "") in v.cause
+    delay = 0.0 if disrupted else policy.backoff(1, CONFIG.backoff_base, CONFIG.backoff_max)
+    if delay:
+        assert tick([v], parallelism=1, now=since + delay - 0.5).create == []
+    a = tick([v], parallelism=1, now=max(NOW, since + delay))
+    assert created(a) == [(T0, 1, strategy)]
+    (launch,) = a.create
+    assert (launch.memory, launch.chunk_scale) == (v.memory, 1.0)
+    assert launch.history == (v.attempt_record(),)
+    assert launch.history[0]["d"] is disrupted
+    (record,) = a.records
+    assert record["outcome"] == ("disruption" if disrupted else "error")
+    assert record["disrupted"] is disrupted and record["exitCode"] == exit_code
+    # the worker wrote no record: what Kubernetes said is the journal's error text
+    assert record["error"] == (v.message or v.cause) and record["error"]
+    assert a.progress.memory_retries == 0 and a.memory_failures == 0
+    assert (a.progress.disruptions, a.progress.other_retries) == ((1, 0) if disrupted else (0, 1))
+    assert [e.reason for e in a.events] == (["TileDisrupted"] if disrupted else [])
+
+
+def test_an_evicted_pod_is_not_waited_for_even_without_any_time() -> None:
+    """The bare eviction status with no start time and no operator memory at all: the
+    disruption is relaunched on the very tick it is seen."""
+    status = {k: v for k, v in TELL_LITTLE["evicted"].items() if k != "startTime"}
+    pod = api_pod(launch_of(T2, 3, strategy="grow", memory=900 * MIB), status)
+    del pod["metadata"]["creationTimestamp"]
+    v = pod_view(pod)
+    assert v is not None and v.finished_at is None and v.disrupted
+    (launch,) = tick([v], parallelism=1).create
+    assert (launch.tile, launch.attempt, launch.strategy) == (T2, 4, "disrupted")
+    assert launch.memory == 900 * MIB  # the grown memory is kept: it was not the tile's fault
+
+
+@pytest.mark.parametrize(
+    ("change", "disrupted"),
+    [
+        ({"reason": "Evicted"}, True),
+        ({"reason": "Preempting"}, True),
+        ({"reason": "Shutdown"}, True),
+        ({"reason": "NodeShutdown"}, True),
+        ({"reason": "Terminated"}, True),
+        (
+            {"conditions": [condition("DisruptionTarget", "True", NOW, "PreemptionByScheduler")]},
+            True,
+        ),
+        (
+            {"conditions": [condition("DisruptionTarget", "True", NOW, "DeletionByTaintManager")]},
+            True,
+        ),
+        ({"conditions": [condition("DisruptionTarget", "False", NOW, "X")]}, False),
+        ({"reason": "OutOfcpu"}, False),
+        ({"reason": "DeadlineExceeded"}, False),
+        ({}, False),
+    ],
+)
+def test_pod_view_reads_disruption_marks(change: dict[str, Any], disrupted: bool) -> None:
+    pod = pod_object(launch_of(T0), "Failed", exit_code=143, finished_at=NOW - 10)
+    pod["status"].update(change)
+    v = pod_view(pod)
+    assert v is not None and v.disrupted is disrupted
+    assert to_attempt(T0, v.attempt_record()).failure == ("disruption" if disrupted else "error")
+    if disrupted:
+        assert v.cause and (change.get("reason") or "DisruptionTarget") in v.cause
+
+
+def test_a_confirmed_oom_kill_is_never_a_disruption() -> None:
+    """OOMKilled is the runtime's word for the tile's own memory failure, whatever else the
+    pod carries (a DisruptionTarget added while it was being killed)."""
+    pod = pod_object(launch_of(T0), "Failed", exit_code=137, reason="OOMKilled")
+    pod["status"]["conditions"] = [
+        condition("DisruptionTarget", "True", NOW, "EvictionByEvictionAPI")
+    ]
+    v = pod_view(pod)
+    assert v is not None and v.oom_killed and not v.disrupted
+    assert created(tick([v], parallelism=1)) == [(T0, 1, "shrinkChunks")]
+
+
+def deleted(pod: dict[str, Any], requested: float, grace: int = 30) -> dict[str, Any]:
+    """``pod`` with a deletion asked for at ``requested`` (the API adds the grace)."""
+    pod["metadata"]["deletionTimestamp"] = now_iso(requested + grace)
+    pod["metadata"]["deletionGracePeriodSeconds"] = grace
+    return pod
+
+
+def test_a_pod_killed_by_someone_elses_deletion_is_a_disruption_decided_while_it_lasts() -> None:
+    """A drain or a user deletes a running worker: SIGTERM, exit 143 after the deletion was
+    asked for. It is relaunched as it was (keeping its history), not retried as an error
+    and not left to vanish (its tile would start over at attempt 0)."""
+    first = {"n": 0, "m": 1, "c": 1.0, "s": "initial", "x": 3, "o": False, "d": False}
+    launch = launch_of(T1, 1, strategy="shrinkChunks", chunk_scale=0.5, history=(first,))
+    pod = deleted(pod_object(launch, "Failed", exit_code=143, finished_at=NOW - 5), NOW - 8)
+    v = pod_view(pod)
+    assert v is not None and v.deleting and v.disrupted and not v.alive
+    a = tick([v], parallelism=1)
+    assert created(a) == [(T1, 2, "disrupted")]
+    assert a.create[0].chunk_scale == 0.5 and a.create[0].history == (first, v.attempt_record())
+    assert a.progress.other_retries == 0 and a.progress.disruptions == 1
+    # still terminating (not finished yet): it keeps its tile, undecided, as before
+    r = pod_view(deleted(pod_object(launch, "Running"), NOW - 8))
+    assert r is not None and r.deleting and not r.disrupted and not r.finished
+    b = tick([r], parallelism=4)
+    assert T1 not in [c.tile for c in b.create] and b.records == []
+
+
+def test_the_operators_own_deletion_of_a_finished_pod_is_not_a_disruption() -> None:
+    """A failed pod the operator retires (its outcome persisted) finished before its
+    deletion was asked for: no disruption, no decision, no record."""
+    pod = deleted(pod_object(launch_of(T2), "Failed", exit_code=2, finished_at=NOW - 30), NOW - 2)
+    v = pod_view(pod)
+    assert v is not None and v.deleting and not v.disrupted
+    a = tick([v], persisted(failed_=[2]), parallelism=4)
+    assert a.records == [] and a.events == [] and T2 not in [c.tile for c in a.create]
+    # and a deleting pod of an open tile that is not a disruption is left alone, as before
+    b = tick([v], parallelism=4)
+    assert b.records == [] and T2 not in [c.tile for c in b.create]
+
+
+def test_disruptions_never_count_against_backoff_limit() -> None:
+    """backoffLimit 2: after two errors and six disruptions a disruption is still
+    relaunched; the next error (the third) fails the tile; disruptions have their own bound."""
+    err: dict[str, Any] = {"m": 1, "c": 1.0, "x": 1, "o": False, "d": False}
+    dis: dict[str, Any] = {"m": 1, "c": 1.0, "x": None, "o": False, "d": True}
+    hist = [
+        {"n": 0, "s": "initial", **err},
+        {"n": 1, "s": "retry", **err},
+        {"n": 2, "s": "retry", **dis},
+        *({"n": n, "s": "disrupted", **dis} for n in range(3, 8)),
+    ]
+    pod = failed(T0, 8, exit_code=None, disrupted=True, strategy="disrupted", history=hist)
+    a = tick([pod], parallelism=1)
+    assert created(a) == [(T0, 9, "disrupted")]
+    after = failed(T0, 9, exit_code=1, strategy="disrupted", history=[*hist, pod.attempt_record()])
+    b = tick([after], parallelism=1, keep_failed=5)
+    assert b.progress.failed == {0} and "failed 3 times" in b.events[0].message
+    assert "backoffLimit is 2" in b.events[0].message
+    many = [{"n": n, "s": "disrupted", **dis} for n in range(policy.MAX_DISRUPTIONS)]
+    last = failed(
+        T0,
+        policy.MAX_DISRUPTIONS,
+        exit_code=137,
+        disrupted=True,
+        strategy="disrupted",
+        history=many,
+    )
+    c = tick([last], parallelism=1)
+    assert c.progress.failed == {0} and [e.reason for e in c.events] == ["TileFailed"]
+    assert "disrupted" in c.events[0].message
+
+
+def test_status_counts_disruptions_apart_from_retries() -> None:
+    pods = [
+        failed(T0, exit_code=None, disrupted=True, cause="Evicted: low on memory"),
+        failed(T1, exit_code=137),  # 137 without OOMKilled, marked by pod_view too
+        failed(T2, exit_code=137, oom=True),
+        failed(T3, exit_code=1, finished_at=NOW - 3600),
+    ]
+    pods[1] = replace(pods[1], disrupted=True)
+    a = tick(pods, persisted(memory_retries=1, other_retries=1), parallelism=4)
+    assert status_of(RASTER, a)["retries"] == {"memory": 2, "other": 2, "disruptions": 2}
+    assert a.memory_failures == 1 and a.disruptions == 2
+    assert sorted(e.reason for e in a.events) == ["OutOfMemory", "TileDisrupted", "TileDisrupted"]
+    assert "Evicted: low on memory" in next(e.message for e in a.events if T0 in e.message)
+    back = Progress.from_status(status_of(RASTER, a))
+    assert back.disruptions == 2 and back.key() == a.progress.key()
+
+
+def test_suspended_holds_a_disrupted_pod_without_counting_it() -> None:
+    """Suspending deletes running pods (a disruption by the operator itself): no successor
+    while suspended, nothing counted; on resume it is relaunched as it was."""
+    pod = deleted(pod_object(launch_of(T0), "Failed", exit_code=143, finished_at=NOW - 1), NOW - 2)
+    v = pod_view(pod)
+    assert v is not None and v.disrupted
+    a = tick([v], parallelism=2, suspended=True)
+    assert a.create == [] and a.records == [] and a.progress.disruptions == 0 and a.running == 1
+    assert created(tick([v], parallelism=1)) == [(T0, 1, "disrupted")]
 
 
 # ------------------------------------------------------------------------------- splitting
@@ -933,7 +1288,7 @@ def test_memory_and_other_retry_counters() -> None:
     a = tick(pods, st, parallelism=4)
     assert a.progress.memory_retries == 4
     assert a.progress.other_retries == 6
-    assert status_of(RASTER, a)["retries"] == {"memory": 4, "other": 6}
+    assert status_of(RASTER, a)["retries"] == {"memory": 4, "other": 6, "disruptions": 0}
 
 
 def test_a_retry_waiting_for_backoff_is_counted_once() -> None:
@@ -999,6 +1354,7 @@ def test_killed_worker_without_a_record_still_gets_a_journal_record() -> None:
         "pod": pod_name(JOB, T1, 0),
         "exitCode": 137,
         "oomKilled": True,
+        "disrupted": False,
     }
 
 
@@ -1036,6 +1392,7 @@ def test_progress_from_status_round_trips_through_progress_status() -> None:
         split={T0},
         memory_retries=3,
         other_retries=4,
+        disruptions=5,
         peak_observed=12345,
     )
     assert Progress.from_status(progress_status(RASTER, p, None)).key() == p.key()
@@ -1071,9 +1428,14 @@ class Sim:
     delete only if the write landed or nothing changed. Nothing is remembered between ticks
     but the persisted status and the pods: every tick is a freshly restarted operator.
 
-    Outcomes: a planned tile's first two attempts may fail (exit 1, exit 3 or OOMKilled), so
-    retries, shrinks and splits happen; a sub-tile's first attempt may fail (then it grows or
-    retries); everything after that succeeds, so every run ends with all tiles complete."""
+    Outcomes: a planned tile's first two attempts may fail (exit 1, exit 3, OOMKilled, an
+    eviction — a bare ``Evicted`` status, no container state, no time — or a rejection at
+    admission: Pending to Failed with nothing but a reason), so retries, disruptions, shrinks
+    and splits happen; a sub-tile's first attempt may fail (then it grows, retries or is
+    relaunched); everything after that succeeds, so every run ends with all tiles complete.
+    Like the controller, the operator remembers when it first saw each pod finished (what
+    ``pod_view`` falls back on when a pod tells no time); that memory is lost at random (a
+    restarted process)."""
 
     plan: Plan
     seed: int
@@ -1086,7 +1448,9 @@ class Sim:
     tree: TileTree | None = None
     rng: random.Random = field(init=False)
     script_rng: random.Random = field(init=False)
-    script: dict[tuple[str, int], tuple[int, bool]] = field(default_factory=dict)
+    script: dict[tuple[str, int], str] = field(default_factory=dict)
+    seen_finished: dict[str, float] = field(default_factory=dict)
+    forget: float = 0.2
     pods: dict[str, SimPod] = field(default_factory=dict)
     status: dict[str, Any] | None = None
     now: float = NOW
@@ -1104,19 +1468,24 @@ class Sim:
         self.rng = random.Random(self.seed)
         self.script_rng = random.Random(self.seed * 7919 + 1)
 
-    def outcome(self, tile: str, attempt: int) -> tuple[int, bool]:
+    def outcome(self, tile: str, attempt: int) -> str:
+        """ok | error | memory | oomkilled | evicted | rejected"""
         key = (tile, attempt)
         if key not in self.script:
             r = self.script_rng.random()
             may_fail = attempt < (1 if "-" in tile else 2)
             if not may_fail or r < 0.5:
-                out = (0, False)
+                out = "ok"
+            elif r < 0.6:
+                out = "error"
             elif r < 0.65:
-                out = (1, False)
-            elif r < 0.85:
-                out = (3, False)
+                out = "rejected"
+            elif r < 0.8:
+                out = "memory"
+            elif r < 0.9:
+                out = "oomkilled"
             else:
-                out = (137, True)
+                out = "evicted"
             self.script[key] = out
         return self.script[key]
 
@@ -1127,10 +1496,19 @@ class Sim:
                 if self.rng.random() < 0.6:  # terminated and gone (else: still terminating)
                     del self.pods[name]
                 continue
+            outcome = self.outcome(sp.launch.tile, sp.launch.attempt)
             if status["phase"] == "Pending" and self.rng.random() < 0.7:
-                status["phase"] = "Running"
+                if outcome == "rejected":
+                    status.update(phase="Failed", reason="OutOfmemory", message="Pod was rejected")
+                else:
+                    status["phase"] = "Running"
             elif status["phase"] == "Running" and self.rng.random() < 0.5:
-                code, oom = self.outcome(sp.launch.tile, sp.launch.attempt)
+                if outcome == "evicted":
+                    status.update(phase="Failed", reason="Evicted", message=EVICTION_MESSAGE)
+                    continue
+                code, oom = {"ok": (0, False), "error": (1, False), "memory": (3, False)}.get(
+                    outcome, (137, True)
+                )
                 term: dict[str, Any] = {
                     "exitCode": code,
                     "reason": "OOMKilled" if oom else ("Completed" if code == 0 else "Error"),
@@ -1159,7 +1537,16 @@ class Sim:
         return any(tile == s or tile.startswith(f"{s}-") for s in p.sub_done | p.sub_failed)
 
     def operator(self) -> Actions:
-        views = [v for v in (pod_view(sp.obj) for sp in self.pods.values()) if v is not None]
+        if self.rng.random() < self.forget:
+            self.seen_finished.clear()  # a restarted operator remembers nothing
+        views = []
+        for name, sp in self.pods.items():
+            seen = None
+            if sp.obj["status"]["phase"] in ("Succeeded", "Failed"):
+                seen = self.seen_finished.setdefault(name, self.now)
+            v = pod_view(sp.obj, seen_finished=seen)
+            if v is not None:
+                views.append(v)
         process = self.rng.random() >= self.skip_process
         before = Progress.from_status(self.status)
         actions = reconcile(
@@ -1283,7 +1670,7 @@ def test_simulation_exercises_every_strategy() -> None:
         seen |= {c.strategy for c in sim.creates}
         if any("-q" in c.tile for c in sim.creates):
             seen.add("split")
-    assert {"initial", "retry", "shrinkChunks", "split", "grow"} <= seen
+    assert {"initial", "retry", "disrupted", "shrinkChunks", "split", "grow"} <= seen
 
 
 def test_no_pod_is_created_twice_and_parallelism_holds_under_faults() -> None:
