@@ -28,6 +28,7 @@ from gisjob_worker.ranges import decode
 
 from .pods import (
     ANNOTATION_CHUNK_SCALE,
+    ANNOTATION_DIGEST,
     ANNOTATION_HISTORY,
     ANNOTATION_STRATEGY,
     LABEL_ATTEMPT,
@@ -72,6 +73,7 @@ class PodView:
     message: str | None = None  # the container's termination message
     disrupted: bool = False  # ended by something other than the tile (eviction, node loss…)
     cause: str | None = None  # why Kubernetes says it ended (reason: message), if it says
+    digest: str | None = None  # the plan digest the pod was made for (None: not known)
 
     @property
     def finished(self) -> bool:
@@ -238,6 +240,7 @@ def pod_view(pod: dict[str, Any], seen_finished: float | None = None) -> PodView
         message=message,
         disrupted=why is not None,
         cause=(cause or None) if finished else None,
+        digest=annotations.get(ANNOTATION_DIGEST),
     )
 
 
@@ -452,10 +455,13 @@ def reconcile(
         newest = views[-1]
         for old in views[:-1]:  # superseded: the successor holds the history
             _retire(old, actions, failed_pods)
-        if newest.deleting and not (newest.finished and newest.disrupted):
-            # being deleted: by this operator (its outcome is in the status or a successor)
-            # or while still running. A pod that someone else's deletion (a drain, a user)
-            # killed is a disruption and is decided below while it is still there to read.
+        if newest.deleting and not (
+            newest.finished and newest.disrupted and newest.digest in (None, plan.digest)
+        ):
+            # being deleted: by this operator (its outcome is in the status or a successor;
+            # or the plan changed) or while still running. A pod of this plan that someone
+            # else's deletion (a drain, a user) killed is a disruption, decided below while
+            # it is still there to read (gone, its tile would start over at attempt 0).
             continue
         if newest.alive:
             slots += 1

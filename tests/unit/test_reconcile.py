@@ -203,9 +203,10 @@ def pod_object(
     finished_at: float | None = None,
     deleting: bool = False,
     job: GisJob | None = None,
+    digest: str = RASTER.digest,
 ) -> dict[str, Any]:
     """A worker pod as the API returns it: built by the operator, status by the kubelet."""
-    pod = build_worker_pod(job or job_model(), UID, NS, launch, "digest")
+    pod = build_worker_pod(job or job_model(), UID, NS, launch, digest)
     pod["metadata"]["uid"] = f"pod-{launch.tile}-{launch.attempt}"
     pod["metadata"]["creationTimestamp"] = now_iso(NOW - 600)
     status: dict[str, Any] = {"phase": phase}
@@ -948,6 +949,11 @@ def test_a_pod_killed_by_someone_elses_deletion_is_a_disruption_decided_while_it
     assert created(a) == [(T1, 2, "disrupted")]
     assert a.create[0].chunk_scale == 0.5 and a.create[0].history == (first, v.attempt_record())
     assert a.progress.other_retries == 0 and a.progress.disruptions == 1
+    # a pod of another plan (the operator deleted it when the spec changed): left alone
+    old = pod_object(launch, "Failed", exit_code=143, digest="0ld0ld0ld")
+    other = pod_view(deleted(old, NOW - 8))
+    assert other is not None and other.disrupted and other.digest == "0ld0ld0ld"
+    assert T1 not in [c.tile for c in tick([other], parallelism=4).create]
     # still terminating (not finished yet): it keeps its tile, undecided, as before
     r = pod_view(deleted(pod_object(launch, "Running"), NOW - 8))
     assert r is not None and r.deleting and not r.disrupted and not r.finished
