@@ -2,7 +2,9 @@
 
 ``helm lint --strict`` and ``helm template`` with the defaults and with every flag on; the
 values schema rejects bad values; names stay within 63 characters; the ClusterRole grants
-exactly deploy/rbac.yaml; the monitoring objects and the dashboard ConfigMap are what
+exactly deploy/rbac.yaml (pods/log get, nothing on Secrets); the operator pod, a pure
+control plane of image gisjob-operator, mounts nothing but its /tmp scratch (no data volume,
+no way to configure one); the monitoring objects and the dashboard ConfigMap are what
 Prometheus and the Grafana sidecar select; the chart and the kustomize base agree on the
 operator container. Skips (with the reason) when helm cannot be installed.
 """
@@ -50,7 +52,7 @@ EVERY_FLAG: dict[str, Any] = {
     "affinity": {"nodeAffinity": {}},
     "priorityClassName": "system-cluster-critical",
     "imagePullSecrets": [{"name": "regcred"}],
-    "data": {"volume": {"nfs": {"server": "nfs.example", "path": "/export/gis"}}},
+    "image": {"repository": "registry.example/gis/gisjob-operator", "tag": "0.1.0-rc1"},
 }
 
 
@@ -148,6 +150,37 @@ def deploy_rbac() -> dict[str, dict[str, Any]]:
     return {d["kind"]: d for d in docs}
 
 
+def assert_scratch_only(pod: dict[str, Any]) -> None:
+    """The operator pod mounts its /tmp emptyDir and nothing else: no data volume (claim,
+    hostPath, NFS, ...) — it is a control plane and never reads or writes job data."""
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+    (c,) = pod["containers"]
+    assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert "initContainers" not in pod and "ephemeralContainers" not in pod
+
+
+def assert_operator_rules(rules: list[dict[str, Any]]) -> None:
+    """What the control plane needs — pods (create, delete, read) and their logs (a plan
+    descriptor larger than a termination message) — and nothing on Secrets, ConfigMaps or
+    wildcards."""
+
+    def verbs(group: str, resource: str) -> set[str]:
+        return {
+            v
+            for r in rules
+            if group in r["apiGroups"] and resource in r["resources"]
+            for v in r["verbs"]
+        }
+
+    assert verbs("", "pods/log") == {"get"}
+    assert verbs("", "pods") == {"get", "list", "watch", "create", "delete"}
+    assert verbs("", "events") == {"create"}
+    assert verbs("gisjob.dev", "gisjobs/status") == {"get", "patch"}
+    for r in rules:
+        assert "*" not in r["apiGroups"] + r["resources"] + r["verbs"], r
+        assert not {"secrets", "configmaps", "pods/exec"} & set(r["resources"]), r
+
+
 # --------------------------------------------------------------------------- lint, render
 
 
@@ -184,7 +217,7 @@ def test_render_defaults(helm: str, chart: Path, tmp_path: Path) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     c = container(docs)
-    assert c["image"] == "gisjob:0.1.0"
+    assert c["image"] == "gisjob-operator:0.1.0"
     assert c["command"] == ["gisjob-operator"]
     assert c["args"] == [
         "run",
@@ -204,12 +237,13 @@ def test_render_defaults(helm: str, chart: Path, tmp_path: Path) -> None:
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 9090, "health": 8080}
-    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-    assert mounts == {"tmp": "/tmp", "data": "/data"}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "gisjob-data"}
-    assert "emptyDir" in volumes["tmp"]
-    assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"]
+    assert_scratch_only(pod)
+    # a control plane's memory (no GDAL, Arrow or NumPy in the operator image)
+    assert c["resources"] == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"memory": "384Mi"},
+    }
+    assert_operator_rules(one(docs, "ClusterRole")["rules"])
     svc = one(docs, "Service")
     assert svc["spec"]["ports"] == [
         {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
@@ -239,9 +273,9 @@ def test_render_every_flag_on(helm: str, chart: Path, tmp_path: Path) -> None:
     assert "--namespace=team-a" in c["args"] and "--namespace=team-b" in c["args"]
     assert "--verbose" in c["args"] and c["args"][-1] == "--status-interval=5"
     assert {"name": "GISJOB_BACKOFF_MAX", "value": "120"} in c["env"]
+    assert c["image"] == "registry.example/gis/gisjob-operator:0.1.0-rc1"
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
-    data = next(v for v in pod["volumes"] if v["name"] == "data")
-    assert data == {"name": "data", "nfs": {"server": "nfs.example", "path": "/export/gis"}}
+    assert_scratch_only(pod)
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["priorityClassName"] == "system-cluster-critical"
 
@@ -317,7 +351,6 @@ def test_replicas_zero_and_existing_service_account(helm: str, chart: Path, tmp_
         "serviceAccount": {"create": False, "name": "ops"},
         "rbac": {"create": False},
         "metrics": {"service": {"enabled": False}},
-        "data": {"enabled": False},
     }
     docs = render(helm, chart, tmp_path, values)
     assert sorted(d["kind"] for d in docs) == ["Deployment"]
@@ -325,7 +358,7 @@ def test_replicas_zero_and_existing_service_account(helm: str, chart: Path, tmp_
     assert dep["spec"]["replicas"] == 0
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "ops"
-    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    assert_scratch_only(pod)
 
 
 # --------------------------------------------------------------------------- the schema
@@ -345,7 +378,10 @@ def test_replicas_zero_and_existing_service_account(helm: str, chart: Path, tmp_
         ({"operator": {"metricsPort": 70000}}, "metricsPort"),
         ({"operator": {"namespaces": ["Not_A_Namespace"]}}, "namespaces"),
         ({"grafana": {"dashboards": {"enabeld": True}}}, "enabeld"),
-        ({"data": {"mountPath": "data"}}, "mountPath"),
+        # the operator mounts no data: there is nothing to configure
+        ({"data": {"existingClaim": "gisjob-data"}}, "Additional property data is not allowed"),
+        ({"data": {"enabled": False}}, "Additional property data is not allowed"),
+        ({"image": {"repository": ""}}, "repository"),
     ],
     ids=lambda v: json.dumps(v, separators=(",", ":")) if isinstance(v, dict) else None,
 )
@@ -479,6 +515,7 @@ def test_clusterrole_rules_equal_deploy_rbac(helm: str, chart: Path, tmp_path: P
     plain = deploy_rbac()
     role = one(docs, "ClusterRole")
     assert normalise_rules(role["rules"]) == normalise_rules(plain["ClusterRole"]["rules"])
+    assert_operator_rules(plain["ClusterRole"]["rules"])
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -514,6 +551,7 @@ def test_chart_and_kustomize_agree_on_the_operator_container(
     ppod = plain["spec"]["template"]["spec"]
     assert hpod["securityContext"] == ppod["securityContext"]
     assert hpod["volumes"] == ppod["volumes"]
+    assert_scratch_only(ppod)
     assert plain["spec"]["strategy"] == {"type": "Recreate"} and plain["spec"]["replicas"] == 1
 
 
@@ -556,13 +594,15 @@ def test_notes_render(helm: str, chart: Path, tmp_path: Path) -> None:
         'data: {notes: {{ tpl (.Files.Get "notes.txt") . | quote }}}\n'
     )
     for values, expected in (
-        (EVERY_FLAG, ["team-a, team-b", "the configured volume", "PodMonitor gj-gisjob-workers"]),
-        ({}, ["all namespaces", 'PersistentVolumeClaim "gisjob-data" at /data', "must exist"]),
-        ({"replicas": 0, "data": {"enabled": False}}, ["paused", "no data volume"]),
+        (EVERY_FLAG, ["team-a, team-b", "PodMonitor gj-gisjob-workers", "registry.example/"]),
+        ({}, ["all namespaces", "operator's gisjob-operator", "image: gisjob:0.1.0"]),
+        ({"replicas": 0}, ["paused"]),
     ):
         docs = render(helm, copy, tmp_path, values)
         notes = next(d for d in docs if d["metadata"]["name"] == "notes")["data"]["notes"]
         assert "deployment/gj-gisjob" in notes
+        # jobs bring their own data volume and worker image
+        assert "mounts no data volume" in notes and "spec.worker.volumes" in notes
         for text in expected:
             assert text in notes, (text, notes)
 
