@@ -144,7 +144,12 @@ def record_outcome(job: GisJob, req: AttemptRequest, result: ResultRecord) -> No
     into a retryable error that says why (the tile's own outcome kept in the message)."""
     from .ledger import LedgerError
     from .ledgerstore import LocalLedgerStore
+    from .tiles import parse_tile_id
 
+    try:
+        parse_tile_id(req.tile)
+    except ValueError:
+        return  # not a tile id of any plan (its input error says so): nothing to record
     out_dir = job.spec.output.uri
     store = LocalLedgerStore(out_dir)
     try:

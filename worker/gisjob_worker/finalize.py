@@ -1,23 +1,36 @@
-"""Finalize a job's output folder: manifest.json, a mosaic VRT (rasters), the GeoParquet
-dataset folder (vectors), and removal of tile files the manifest does not list.
+"""Finalize a job's output folder from the ledger: ``manifest.json``, the mosaic VRT(s)
+(rasters) or the GeoParquet dataset folder (vectors), and removal of superseded outputs.
 
-Shared by the local executor and the operator. Everything is written atomically.
+Shared by the local executor (in-process) and the finalizer pod (``gisjob finalize``).
+What the job owns: the files its ledger records say a gisjob worker wrote (tiles in
+``tiles/``, parts in ``parts/``), ``manifest.json``, the mosaic VRTs and ``.gisjob/``. An
+output is deleted only when the ledger marks it superseded — recorded as written in this
+output folder, not a succeeded output of the final manifest, and still the very file the
+record describes. Files nobody recorded (a user's own files in ``tiles/`` or ``parts/``,
+outputs written by versions before the ledger) are never touched; stale temporaries are
+removed only when their names match the writers' unique-temporary pattern. Everything is
+written atomically.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from . import outputs
+from . import ledger, outputs, policy
+from .ledger import LedgerError, LedgerRecord, LedgerView, TileEntry
+from .ledgerstore import LedgerStore, list_all
 from .plan import Plan, RasterFile, Tile
+from .spec import GisJob
+
+__all__ = ["MANIFEST", "LedgerError", "TileEntry", "finalize_job", "finalize_outputs"]
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+SHOWN_TILES = 10  # tile ids named in a one-line error
 GDAL_TYPES = {
     "uint8": "Byte",
     "int8": "Int8",
@@ -30,83 +43,8 @@ GDAL_TYPES = {
 }
 
 
-@dataclass
-class TileEntry:
-    """What the manifest says of one tile (planned or a sub-tile of a split)."""
-
-    id: str
-    outcome: str  # succeeded | failed | split | pending
-    parent: str | None = None
-    output: str | None = None  # relative to the output folder
-    bytes: int | None = None
-    mtime_ns: int | None = None
-    peak_rss_bytes: int | None = None
-    memory_request_bytes: int | None = None
-    estimated_peak_bytes: int | None = None
-    error: str | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        d = {
-            "id": self.id,
-            "outcome": self.outcome,
-            "parent": self.parent,
-            "output": self.output,
-            "bytes": self.bytes,
-            "mtimeNs": self.mtime_ns,
-            "peakRssBytes": self.peak_rss_bytes,
-            "memoryRequestBytes": self.memory_request_bytes,
-            "estimatedPeakBytes": self.estimated_peak_bytes,
-            "error": self.error,
-            "attempts": self.attempts,
-        }
-        return {k: v for k, v in d.items() if v is not None}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TileEntry:
-        return cls(
-            id=d["id"],
-            outcome=d["outcome"],
-            parent=d.get("parent"),
-            output=d.get("output"),
-            bytes=d.get("bytes"),
-            mtime_ns=d.get("mtimeNs"),
-            peak_rss_bytes=d.get("peakRssBytes"),
-            memory_request_bytes=d.get("memoryRequestBytes"),
-            estimated_peak_bytes=d.get("estimatedPeakBytes"),
-            error=d.get("error"),
-            attempts=list(d.get("attempts", [])),
-        )
-
-
-def output_is_complete(out_dir: Path, entry: TileEntry) -> bool:
-    """The file the entry names exists with the size and mtime it had when it was recorded."""
-    if entry.outcome != "succeeded" or not entry.output:
-        return False
-    try:
-        st = (out_dir / entry.output).stat()
-    except OSError:
-        return False
-    return st.st_size == entry.bytes and st.st_mtime_ns == entry.mtime_ns
-
-
-def stat_output(out_dir: Path, path: str) -> tuple[str, int, int]:
-    p = Path(path)
-    st = p.stat()
-    try:
-        rel = str(p.resolve().relative_to(out_dir.resolve()))
-    except ValueError:
-        rel = str(p)
-    return rel, st.st_size, st.st_mtime_ns
-
-
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{outputs.TMP_MARK}{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False))
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    outputs.write_atomic(path, json.dumps(data, indent=1, sort_keys=False))
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any] | None:
@@ -171,27 +109,35 @@ def write_mosaics(plan: Plan, out_dir: Path, succeeded: dict[str, tuple[Tile, st
             crs_wkt = ds.crs.to_wkt() if ds.crs else ""
             transform = ds.transform.to_gdal()
         name = f"mosaic-i{f.index:04d}.vrt" if multi else "mosaic.vrt"
-        target = out_dir / name
-        tmp = target.with_name(f".{name}{outputs.TMP_MARK}{os.getpid()}")
-        tmp.write_text(mosaic_vrt(plan, f, crs_wkt, transform, tiles))
-        os.replace(tmp, target)
+        outputs.write_atomic(out_dir / name, mosaic_vrt(plan, f, crs_wkt, transform, tiles))
         written.append(name)
     return written
 
 
-def remove_unlisted_outputs(out_dir: Path, keep: set[str]) -> list[str]:
-    """Delete tile files and stale temporaries in tiles/ and parts/ that are not in ``keep``
-    (relative paths): left by an earlier plan, a split, or a killed worker."""
+def remove_superseded(
+    out_dir: Path,
+    store: LedgerStore,
+    records: Iterable[LedgerRecord],
+    entries: Iterable[TileEntry],
+) -> list[str]:
+    """Delete the outputs the ledger marks superseded (see the module docstring); returns
+    their relative paths."""
+    removed: list[str] = []
+    for rel, claims in ledger.superseded_outputs(records, entries).items():
+        if not any(store.output_ok(r) for r in claims):
+            continue  # gone already, or rewritten by someone the ledger does not know
+        outputs.remove_quietly(out_dir / rel)
+        removed.append(rel)
+    return removed
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[str]:
+    """Temporaries of killed writers in ``tiles/`` and ``parts/`` (our pattern only)."""
     removed: list[str] = []
     for sub in (outputs.TILES_DIR, outputs.PARTS_DIR):
-        folder = out_dir / sub
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            rel = f"{sub}/{p.name}"
-            if p.is_file() and rel not in keep:
-                p.unlink()
-                removed.append(rel)
+        for stale in outputs.stale_temporaries(out_dir / sub):
+            outputs.remove_quietly(stale)
+            removed.append(f"{sub}/{stale.name}")
     return removed
 
 
@@ -200,17 +146,18 @@ def finalize_outputs(
     plan: Plan,
     out_dir: Path,
     entries: list[tuple[Tile, TileEntry]],
+    store: LedgerStore,
+    records: Iterable[LedgerRecord],
     *,
     interrupted: bool = False,
 ) -> dict[str, Any]:
-    """Remove unlisted tile files, write the mosaic(s) or name the dataset, and write
-    ``manifest.json``. Shared by the local executor and the operator."""
+    """Write the mosaic(s) or name the dataset, write ``manifest.json``, then delete the
+    outputs the ledger marks superseded (``records``: every record of the output folder)."""
     succeeded = {
         tile.id: (tile, entry.output)
         for tile, entry in entries
         if entry.outcome == "succeeded" and entry.output
     }
-    remove_unlisted_outputs(out_dir, {rel for _, rel in succeeded.values()})
     failed = sorted(e.id for _, e in entries if e.outcome == "failed")
     pending = sorted(e.id for _, e in entries if e.outcome == "pending")
     complete = not failed and not pending and not interrupted
@@ -228,10 +175,66 @@ def finalize_outputs(
         "operation": plan.operation,
         "outputFormat": plan.output_format,
         "outcome": "succeeded" if complete else ("interrupted" if interrupted else "failed"),
-        "tiles": [e.to_json() for _, e in sorted(entries, key=lambda te: te[1].id)],
+        "tiles": [e.to_json() for _, e in entries],
         "failedTiles": failed,
         "pendingTiles": pending,
         **extra,
     }
     write_json_atomic(out_dir / MANIFEST, manifest)
+    remove_superseded(out_dir, store, records, (e for _, e in entries))
+    remove_stale_temporaries(out_dir)
     return manifest
+
+
+def _named(ids: list[str]) -> str:
+    shown = ", ".join(ids[:SHOWN_TILES])
+    return shown + (f" (and {len(ids) - SHOWN_TILES} more)" if len(ids) > SHOWN_TILES else "")
+
+
+def cross_check(plan: Plan, view: LedgerView, completed: set[int], failed: set[int]) -> None:
+    """Every tile the operator counts as completed has a succeeded record whose output is
+    the recorded file (for a split tile: every leaf); else :class:`LedgerError`."""
+    n = len(plan.tiles)
+    outside = sorted(i for i in completed | failed if i < 0 or i >= n)
+    if outside:
+        raise LedgerError(
+            f"the operator's view names tile index {outside[0]} but plan {plan.digest} has "
+            f"{n} tiles: it is a view of another plan"
+        )
+    missing = [
+        plan.tiles[i].id
+        for i in sorted(completed)
+        if not view.subtree_complete(plan, plan.tiles[i])
+    ]
+    if missing:
+        raise LedgerError(
+            f"{len(missing)} tile(s) the operator counts as completed have no succeeded "
+            f"record with their output in the ledger of plan {plan.digest}: {_named(missing)}"
+        )
+
+
+def finalize_job(
+    job: GisJob,
+    plan: Plan,
+    out_dir: Path,
+    store: LedgerStore,
+    operator_view: tuple[set[int], set[int]] | None = None,
+) -> dict[str, Any]:
+    """Finalize from the ledger alone (the finalizer pod, ``gisjob finalize``).
+
+    ``operator_view``: (completed, failed) planned tile indexes as the operator's status
+    says. Any completed tile without a complete record raises :class:`LedgerError` before
+    anything is written or deleted. Without a view, tile states come from replaying the
+    policy over the recorded attempts.
+    """
+    records = list_all(store)
+    view = LedgerView.of(plan.digest, records, store.output_ok)
+    if operator_view is not None:
+        completed, failed = operator_view
+        cross_check(plan, view, completed, failed)
+        resolve = ledger.operator_resolver(completed, failed)
+    else:
+        config = policy.PolicyConfig.from_spec(job.spec)
+        resolve = ledger.policy_resolver(plan, view, config)
+    entries = ledger.manifest_entries(plan, view, resolve)
+    return finalize_outputs(job.name, plan, out_dir, entries, store, records)

@@ -6,13 +6,16 @@ server process per run that configures GDAL for the job and imports the worker's
 once, then forks a child per tile. A child is still a process of its own: its own cgroup
 (joined before it runs any tile code), its own ``RLIMIT_DATA`` backstop where there is no
 cgroup, its own exit code, its memory back to the OS when it exits. Pages inherited from the
-server are shared copy-on-write, so N workers hold one copy of the imports.
+server are shared copy-on-write, so N workers hold one copy of the imports. A child runs
+the worker's attempt function (:func:`attempt.main`: the tile, its ledger record, its
+result record, metrics) — what ``gisjob worker`` runs, without the CLI in between.
 
-Protocol (JSON lines): the client writes ``{"id", "argv", "stderr", "cgroupProcs",
-"backstop"}`` to the server's stdin; the server answers ``{"id", "pid"}`` after the fork and
-``{"pid", "code"}`` when it has reaped a child (``code`` as ``Popen.returncode``: negative
-for a signal). The server ignores SIGINT (the runner decides), dies with the runner
-(``PR_SET_PDEATHSIG``), and its children die with it.
+Protocol (JSON lines): the client writes ``{"id", "attempt", "stderr", "cgroupProcs",
+"backstop"}`` (``attempt``: an :class:`attempt.AttemptRequest`) to the server's stdin; the
+server answers ``{"id", "pid"}`` after the fork and ``{"pid", "code"}`` when it has reaped a
+child (``code`` as ``Popen.returncode``: negative for a signal). The server ignores SIGINT
+(the runner decides), dies with the runner (``PR_SET_PDEATHSIG``), and its children die
+with it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the client side stays light: no pydantic, GDAL or NumPy at import
+    from .attempt import AttemptRequest
 
 PR_SET_PDEATHSIG = 1
 READY = "ready"
@@ -66,9 +72,7 @@ def _warm_up(job_file: str) -> None:
     gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
     import prometheus_client  # noqa: F401
 
-    from . import logs, metrics, worker  # noqa: F401
-    from .cli import main as cli_main  # noqa: F401
-    from .cli import worker as cli_worker  # noqa: F401
+    from . import attempt, ledger, ledgerstore, logs, metrics, worker  # noqa: F401
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the probe dataset is not georeferenced
@@ -79,7 +83,7 @@ def _warm_up(job_file: str) -> None:
 
 
 def _child(request: dict[str, Any], keep: Sequence[int]) -> None:
-    """In the forked child: become a worker process, run the CLI, never return."""
+    """In the forked child: become a worker process, run the attempt, never return."""
     code = 1
     try:
         die_with_parent()
@@ -101,14 +105,10 @@ def _child(request: dict[str, Any], keep: Sequence[int]) -> None:
         for fd in {null, err, *keep}:
             if fd > 2:
                 os.close(fd)
-        sys.argv = ["gisjob", *request["argv"]]
-        from .cli.main import cli
+        from .attempt import AttemptRequest, main
 
-        try:
-            cli.main(args=list(request["argv"]), prog_name="gisjob")
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        attempt = AttemptRequest.from_json(request["attempt"])
+        code = main(attempt)
     except BaseException:
         try:
             traceback.print_exc()
@@ -343,18 +343,18 @@ class ForkServer:
 
     def spawn(
         self,
-        argv: Sequence[str],
+        attempt: AttemptRequest,
         stderr_path: Path,
         cgroup_procs: Path | None = None,
         backstop: int | None = None,
     ) -> ForkedWorker:
-        """Fork a worker running ``gisjob ARGV`` (stderr to ``stderr_path``)."""
+        """Fork a worker running ``attempt`` (stderr to ``stderr_path``)."""
         assert self.proc.stdin is not None
         self.wait_ready()
         self._next += 1
         request = {
             "id": self._next,
-            "argv": list(argv),
+            "attempt": attempt.to_json(),
             "stderr": str(stderr_path),
             "cgroupProcs": str(cgroup_procs) if cgroup_procs else None,
             "backstop": backstop,
