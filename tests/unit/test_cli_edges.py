@@ -17,10 +17,12 @@ from click.testing import CliRunner, Result
 from gisjob_worker import gdalenv, logs
 from gisjob_worker.cli.main import cli
 from gisjob_worker.cli.run import result_lines
-from gisjob_worker.executor import Snapshot
+from gisjob_worker.executor import Sample, Snapshot, TileRun
+from gisjob_worker.plan import Tile
 from gisjob_worker.planner import build_plan
 from gisjob_worker.progress import ProgressLine, clock, eta_seconds, layout
 from gisjob_worker.quantity import format_bytes as fb
+from gisjob_worker.report import TilePeak, memory_figure, reported_peaks, write_report
 from gisjob_worker.spec import MAX_JOB_BYTES, MAX_JOB_DEPTH, load_job
 
 WriteJob = Callable[..., Path]
@@ -625,3 +627,130 @@ def test_progress_renders_through_rich_at_80_columns() -> None:
     text = console.export_text().rstrip("\n")
     assert "\n" not in text and len(text) <= 80
     assert "570/1234  failed 3" in text and "1:15 ETA " in text
+
+
+# ------------------------------------------------------------------------------ item 18
+
+MIB = 1024**2
+
+
+def _samples(tiles: int) -> tuple[list[Sample], list[TilePeak]]:
+    """Two workers' worth of tiles, 4 samples each (tile 3: one sample only); every worker
+    reports a peak above what the runner sampled (a spike between two samples)."""
+    samples: list[Sample] = []
+    peaks: list[TilePeak] = []
+    for i in range(tiles):
+        start = (i // 2) * 1.0
+        n = 1 if i == 3 else 4
+        for k in range(n):
+            samples.append(
+                Sample(f"r{i:04d}c0000", 0, start + 0.25 * k, (50 + 10 * k + i) * MIB, 256 * MIB)
+            )
+        peaks.append(TilePeak(f"r{i:04d}c0000", 0, (95 + i) * MIB + 12345))
+    return samples, peaks
+
+
+def _by_gid(ax: Any, gid: str) -> Any:
+    found = [line for line in ax.get_lines() if line.get_gid() == gid]
+    assert len(found) == 1, gid
+    return found[0]
+
+
+def test_memory_figure_colours_peaks_totals_and_allowance() -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+
+    samples, peaks = _samples(25)
+    allowance = 8 * 1024**3
+    largest = {"tile": "r0024c0000", "peakRssBytes": peaks[-1].peakRssBytes}
+    fig = memory_figure(samples, "t", peaks=peaks, allowance=allowance, largest=largest)
+    try:
+        ax, total_ax = fig.axes[:2]
+        tile_lines = [
+            line for line in ax.get_lines() if not str(line.get_gid()).startswith("peak:")
+        ]
+        assert [line.get_label() for line in tile_lines] == [f"r{i:04d}c0000" for i in range(25)]
+        colours = [to_rgb(line.get_color()) for line in tile_lines]
+        distances = [
+            sum((a - b) ** 2 for a, b in zip(c1, c2, strict=True)) ** 0.5
+            for i, c1 in enumerate(colours)
+            for c2 in colours[i + 1 :]
+        ]
+        assert min(distances) > 0.05  # 25 colours, each distinguishable from every other
+        # each reported peak is marked at exactly the reported value
+        for p in peaks:
+            marker = _by_gid(ax, f"peak:{p.tile}:0")
+            assert list(marker.get_ydata()) == [p.peakRssBytes / MIB]
+            assert marker.get_color() == tile_lines[int(p.tile[1:5])].get_color()
+        assert [t.get_text() for t in ax.texts] == [
+            f"largest peak {peaks[-1].peakRssBytes / MIB:.1f} MiB (r0024c0000)"
+        ]
+        # the run: resident memory of all workers, their requests, the allowance
+        resident = _by_gid(total_ax, "total-resident")
+        times = sorted({s.t for s in samples})
+        assert list(resident.get_xdata()) == times
+        assert list(resident.get_ydata()) == [
+            sum(s.rss for s in samples if s.t == t) / MIB for t in times
+        ]
+        requested = _by_gid(total_ax, "total-requested")
+        assert max(requested.get_ydata()) == 2 * 256
+        assert list(_by_gid(total_ax, "allowance").get_ydata()) == [allowance / MIB] * 2
+        # legends outside the data
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+        for axes in (ax, total_ax):
+            legend = axes.get_legend()
+            assert legend is not None
+            assert legend.get_window_extent(renderer).x0 >= axes.get_window_extent(renderer).x1
+        assert total_ax.get_yscale() == "log"  # 8 GiB over 0.5 GiB in use: use not flattened
+    finally:
+        plt.close(fig)
+
+
+def test_memory_figure_of_many_tiles_has_a_colour_bar_not_a_legend() -> None:
+    import matplotlib.pyplot as plt
+
+    samples, peaks = _samples(60)
+    fig = memory_figure(samples, "t", peaks=peaks)
+    try:
+        assert fig.axes[0].get_legend() is None
+        assert len(fig.axes) == 3  # the colour bar
+        assert "60 tile attempts" in fig.axes[2].get_ylabel()
+        assert fig.axes[1].get_yscale() == "linear"
+    finally:
+        plt.close(fig)
+
+
+def test_write_report_writes_the_png_and_the_numbers(tmp_path: Path) -> None:
+    samples, peaks = _samples(3)
+    summary = {"job": "j", "largestPeak": None}
+    written = write_report(tmp_path / "rep", summary, samples, peaks=peaks, allowance=10**9)
+    assert [p.name for p in written] == ["summary.json", "memory.png"]
+    assert (tmp_path / "rep" / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert data["allowanceBytes"] == 10**9
+    assert data["tilePeaks"][0] == {
+        "tile": "r0000c0000",
+        "attempt": 0,
+        "peakRssBytes": 95 * MIB + 12345,
+    }
+    assert len(data["samples"]) == len(samples)
+
+
+def test_reported_peaks_come_from_every_attempt_record() -> None:
+    tile = Tile("r0000c0000", 0, None, None, None, None, 1, 10, 20)
+    other = Tile("r0000c0001", 0, None, None, None, None, 1, 10, 20)
+    runs = {
+        tile.id: TileRun(
+            tile,
+            records=[
+                {"attempt": 0, "peakRssBytes": 300, "exitCode": 3},
+                {"attempt": 1, "peakRssBytes": 200, "exitCode": 0},
+            ],
+        ),
+        other.id: TileRun(other, records=[{"attempt": 0, "peakRssBytes": 5}], resumed=True),
+    }
+    assert reported_peaks(runs) == [
+        TilePeak("r0000c0000", 0, 300),
+        TilePeak("r0000c0000", 1, 200),
+    ]

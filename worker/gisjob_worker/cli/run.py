@@ -216,9 +216,16 @@ def run(
         summary = summarize(result)
         print_summary(summary)
         if report_dir is not None:
-            from ..report import write_report
+            from ..report import reported_peaks, write_report
 
-            for p in write_report(report_dir, summary, result.samples):
+            written = write_report(
+                report_dir,
+                summary,
+                result.samples,
+                peaks=reported_peaks(result.runs),
+                allowance=allowance,
+            )
+            for p in written:
                 click.echo(f"report: {p}", err=True)
         out_dir = Path(job.spec.output.uri)
         for line in result_lines(result.manifest, plan, out_dir):
