@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
 from . import policy
-from .errors import GisJobError
+from .errors import EXIT_INPUT, GisJobError
 from .plan import Plan, Tile, split_tile
 
 LEDGER_VERSION = 1
@@ -45,7 +45,9 @@ class LedgerError(GisJobError):
 
 
 class LedgerVersionError(LedgerError):
-    """A record written by a newer gisjob (a newer major schema version)."""
+    """A record written by a newer gisjob (a newer major schema version): permanent."""
+
+    exit_code = EXIT_INPUT
 
 
 # ----------------------------------------------------------------------------- records

@@ -7,6 +7,7 @@ import click
 from .. import __version__
 from .demo import demo
 from .errors import DEBUG_KEY, OneLineErrorGroup
+from .finalize import finalize
 from .operations import operations
 from .plan import plan
 from .run import run
@@ -30,6 +31,7 @@ cli.add_command(plan)
 cli.add_command(run)
 cli.add_command(worker)
 cli.add_command(demo)
+cli.add_command(finalize)
 cli.add_command(operations)
 
 
