@@ -4,26 +4,26 @@
   minimal prometheus-operator CRDs installed: fixtures/monitoring-crds.yaml).
 * ``helm install`` / ``helm uninstall`` of the chart (replicas 0: the test kubelet would run
   the operator without credentials) work as the README says.
+  The installed operator Deployment runs image gisjob-operator and mounts nothing but its
+  /tmp scratch: the chart has no data volume to give it.
 * The chart's ServiceAccount, ClusterRole and ClusterRoleBinding are applied for real; a
   ``gisjob-operator run`` process whose only credentials are that ServiceAccount's token
-  runs a small GisJob (a 512 x 512 raster, 4 tiles) to Succeeded — what the chart grants is
-  what the operator needs.
+  runs a small GisJob (a 512 x 512 raster, one tile) to Succeeded — what the chart grants is
+  what the operator needs, pods/log included and Secrets excluded.
 
-Data lives under /var/tmp (not /tmp: the test kubelet maps /tmp to the worker pods' scratch
-volume), mounted into the worker pods with hostPath at the same path.
+Data lives under /var/tmp (not /tmp: the test kubelet maps /tmp to the pods' scratch
+volume), mounted into the job's planner, worker and finalizer pods with hostPath at the same
+path (spec.worker). The operator process runs with that folder hidden (an empty tmpfs over
+it, in a mount namespace of its own) where the machine allows it, as the chart's operator
+pod has no data volume.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,14 +31,21 @@ from typing import Any
 
 import pytest
 import yaml
-from clusterutil import Api, ClusterHandle, new_client, unique, wait_for
+from clusterutil import (
+    Api,
+    ClusterHandle,
+    OperatorProcess,
+    can_hide_folders,
+    new_client,
+    unique,
+    wait_for,
+)
 from devcluster import DevCluster
 from kubernetes import client as k8s
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "gisjob"
 MONITORING_CRDS = Path(__file__).resolve().parent / "fixtures" / "monitoring-crds.yaml"
-BIN = Path(sys.executable).parent
 DASHBOARD = "dashboards/gisjob.json"
 RULES = "rules/gisjob-alerts.yaml"
 
@@ -72,12 +79,6 @@ def kubectl(
 def ok(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 0, f"{' '.join(proc.args)}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def render(
@@ -208,6 +209,16 @@ def test_helm_install_and_uninstall(
             ok(kubectl(cluster.kubeconfig, "-n", namespace, "get", ref))
         ok(kubectl(cluster.kubeconfig, "get", f"clusterrole/{fullname}"))
         ok(kubectl(cluster.kubeconfig, "get", "crd/gisjobs.gisjob.dev"))
+        # the operator as installed: a control plane with its scratch and no data volume
+        got = kubectl(
+            cluster.kubeconfig, "-n", namespace, "get", f"deployment/{fullname}", "-o", "json"
+        )
+        dep = json.loads(ok(got))
+        pod = dep["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert c["image"] == "gisjob-operator:0.1.0", c["image"]
+        assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+        assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
     finally:
         proc = subprocess.run(
             [*base, "uninstall", release], capture_output=True, text=True, timeout=60, check=False
@@ -255,31 +266,13 @@ def test_chart_rbac_runs_the_operator(
         )
     )
     ok(kubectl(admin, "apply", "-f", "-", stdin=rendered))
-    operator: subprocess.Popen[bytes] | None = None
-    log = tmp_path / "operator.log"
+    identity = dev_cluster.service_account_kubeconfig(namespace, sa_name)
+    # started first: its imports overlap with the checks and the raster below; it cannot see
+    # the data folder (as the chart's operator pod, which mounts no data volume)
+    hide = (data_dir,) if can_hide_folders() is None else ()
+    operator = OperatorProcess(identity, namespace, tmp_path / "operator.log", hide=hide)
     try:
-        identity = dev_cluster.service_account_kubeconfig(namespace, sa_name)
-        # started first: its imports overlap with the checks and the raster below
-        metrics_port, liveness_port = free_port(), free_port()
-        with open(log, "wb") as fh:
-            operator = subprocess.Popen(
-                [
-                    str(BIN / "gisjob-operator"),
-                    "run",
-                    "--namespace",
-                    namespace,
-                    "--metrics-port",
-                    str(metrics_port),
-                    "--liveness-port",
-                    str(liveness_port),
-                    "--status-interval",
-                    "1",
-                ],
-                env={**os.environ, "KUBECONFIG": str(identity), "PYTHONUNBUFFERED": "1"},
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        operator.start()
         assert_grants(identity, namespace, f"system:serviceaccount:{namespace}:{sa_name}")
 
         # a small real job: 512 x 512, 4 bands, one tile
@@ -303,14 +296,13 @@ def test_chart_rbac_runs_the_operator(
         ok(kubectl(admin, "apply", "-f", "-", stdin=yaml.safe_dump(job)))
 
         def phase() -> dict[str, Any] | None:
-            assert operator is not None
-            if operator.poll() is not None:
-                raise AssertionError(f"operator exited {operator.returncode}:\n{tail(log)}")
+            if not operator.running():
+                raise AssertionError(f"operator exited:\n{operator.tail()}")
             out = kubectl(admin, "-n", namespace, "get", "gisjob", "chart-ndvi", "-o", "json")
             status: dict[str, Any] = json.loads(out.stdout or "{}").get("status") or {}
             if status.get("phase") == "Failed":
                 raise AssertionError(
-                    f"job failed: {status.get('message')}\n{status}\n{tail(log)}\n"
+                    f"job failed: {status.get('message')}\n{status}\n{operator.tail()}\n"
                     + worker_logs(dev_cluster)
                 )
             return status if status.get("phase") == "Succeeded" else None
@@ -318,26 +310,28 @@ def test_chart_rbac_runs_the_operator(
         try:
             status = wait_for(phase, timeout=90, interval=0.5, what="GisJob chart-ndvi Succeeded")
         except TimeoutError as exc:
-            raise AssertionError(f"{exc}\n{tail(log)}") from exc
+            raise AssertionError(f"{exc}\n{operator.tail()}") from exc
         assert status["tiles"]["succeeded"] == status["tiles"]["total"] == 1, status
-        # the operator (with the chart's identity) wrote the manifest next to the tiles
+        # the finalizer pod (not the operator) wrote the manifest and mosaic next to the tiles
         manifest = json.loads((data_dir / "out" / "manifest.json").read_text())
         assert len(manifest["tiles"]) == 1
         assert (data_dir / "out" / "mosaic.vrt").is_file()
         # no authorization failures anywhere in the operator's log
-        text = log.read_text()
-        assert "403" not in text and "Forbidden" not in text, tail(log)
+        text = operator.log.read_text()
+        assert "403" not in text and "Forbidden" not in text, operator.tail()
         # the endpoints the chart's probes and metrics Service/ServiceMonitor point at
-        health = urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=5)
+        port = operator.liveness_port
+        health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
         assert health.status == 200
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        port = operator.metrics_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             assert "gisjob_operator_reconciles_total" in r.read().decode()
         # and its events were posted with the chart's identity
         events = ok(kubectl(admin, "-n", namespace, "get", "events", "-o", "json"))
         reasons = {e["reason"] for e in json.loads(events)["items"]}
         assert {"Planned", "Completed"} <= reasons, reasons
     finally:
-        stop(operator)
+        operator.stop()
         kubectl(admin, "delete", "--ignore-not-found", f"clusterrolebinding/{role}")
         kubectl(admin, "delete", "--ignore-not-found", f"clusterrole/{role}")
 
@@ -384,6 +378,7 @@ def assert_grants(identity: Path, namespace: str, me: str) -> None:
     ]
     denied = [
         ("get", "", "secrets", "", namespace),
+        ("list", "", "secrets", "", None),
         ("get", "", "configmaps", "", namespace),
         ("update", "", "pods", "", namespace),
         ("create", "gisjob.dev", "gisjobs", "", namespace),
@@ -406,23 +401,3 @@ def worker_logs(dev: DevCluster) -> str:
     for path in sorted((Path(dev.state_dir) / "kubelet" / "pods").glob("*chart-ndvi*/*.log")):
         out.append(f"--- {path.parent.name}/{path.name}\n{path.read_text()[-2000:]}")
     return "\n".join(out)
-
-
-def tail(log: Path) -> str:
-    try:
-        return log.read_text()[-4000:]
-    except OSError:
-        return ""
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the operator (kopf shuts down cleanly), SIGKILL after 15 s."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10)

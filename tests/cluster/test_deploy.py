@@ -1,11 +1,14 @@
 """The plain manifests (deploy/, a kustomize base) against the validators and the API server.
 
-Offline: ``kubectl kustomize deploy/`` builds, and every built-in kind in it and in
-deploy/examples/ passes ``kubernetes-validate --strict`` (unknown fields are errors).
+Offline: ``kubectl kustomize deploy/`` builds — the operator is image gisjob-operator, a
+control plane with nothing mounted but its /tmp scratch (no data volume), whose RBAC has
+pods/log get and nothing on Secrets — and every built-in kind in it and in deploy/examples/
+passes ``kubernetes-validate --strict`` (unknown fields are errors); the example GisJobs
+bring their data volume and worker image in ``spec.worker``.
 Dev cluster: ``kubectl apply -k deploy/ --dry-run=server`` then a real apply succeed (the
 namespace and the CRD are created first: a server-side dry run cannot create the namespace
-its other objects go into); the Deployment's pod passes admission; the examples pass a
-server-side dry run against the real CRD.
+its other objects go into); the Deployment's pod passes admission with no data volume; the
+examples pass a server-side dry run against the real CRD.
 """
 
 from __future__ import annotations
@@ -49,6 +52,23 @@ def group(doc: dict[str, Any]) -> str:
     return api_version.rpartition("/")[0]
 
 
+def is_token_volume(volume: dict[str, Any]) -> bool:
+    """The ServiceAccount token volume admission adds (projected, or a token Secret)."""
+    if "projected" in volume:
+        return any("serviceAccountToken" in src for src in volume["projected"]["sources"])
+    secret_name: str = volume.get("secret", {}).get("secretName", "")
+    return secret_name.startswith("gisjob-operator-token-")
+
+
+def verbs(rules: list[dict[str, Any]], api_group: str, resource: str) -> set[str]:
+    return {
+        v
+        for r in rules
+        if api_group in r["apiGroups"] and resource in r["resources"]
+        for v in r["verbs"]
+    }
+
+
 # ----------------------------------------------------------------------------- offline
 
 
@@ -68,7 +88,7 @@ def test_kustomization_lists_the_operator() -> None:
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "gisjob-operator"
     (c,) = pod["containers"]
-    assert c["image"] == "gisjob:0.1.0" and c["command"] == ["gisjob-operator"]
+    assert c["image"] == "gisjob-operator:0.1.0" and c["command"] == ["gisjob-operator"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9090, "health": 8080}
@@ -78,11 +98,17 @@ def test_kustomization_lists_the_operator() -> None:
     assert sc["readOnlyRootFilesystem"] and sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"]
-    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert "emptyDir" in volumes[mounts["/tmp"]]
-    assert volumes[mounts["/data"]]["persistentVolumeClaim"] == {"claimName": "gisjob-data"}
+    assert c["resources"]["requests"]["memory"] == "128Mi"
+    assert c["resources"]["limits"]["memory"] == "384Mi"
+    # a control plane: its /tmp scratch and nothing else (no data volume of any kind)
+    assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+    rules = next(d for d in docs if d["kind"] == "ClusterRole")["rules"]
+    assert verbs(rules, "", "pods/log") == {"get"}
+    assert verbs(rules, "", "pods") == {"get", "list", "watch", "create", "delete"}
+    for rule in rules:
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
+        assert not {"secrets", "configmaps"} & set(rule["resources"]), rule
     svc = next(d for d in docs if d["kind"] == "Service")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
@@ -128,6 +154,8 @@ def test_examples_cover_every_operation() -> None:
                 assert doc["metadata"]["name"] == "gisjob-data"
     assert sorted(ops) == ["expression", "filter", "ndvi", "scale"]
     for job in ops.values():
+        # the jobs' pods (planner, workers, finalizer) mount the data; the operator does not
+        assert job.spec.worker.image == "gisjob:0.1.0"
         assert job.spec.input.uri and job.spec.input.uri.startswith("/data/")
         assert job.spec.output.uri.startswith("/data/")
         assert {"name": "data", "mountPath": "/data"} in job.spec.worker.volume_mounts
@@ -179,6 +207,17 @@ def test_apply_dry_run_then_real(cluster: ClusterHandle, dev_cluster: DevCluster
         )
         assert len(pods) == 1
         assert pods[0]["spec"]["serviceAccountName"] == "gisjob-operator"
+        # admitted with its scratch and the ServiceAccount token only: no data volume
+        spec = pods[0]["spec"]
+        tokens = {v["name"] for v in spec["volumes"] if is_token_volume(v)}
+        assert [v for v in spec["volumes"] if v["name"] not in tokens] == [
+            {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}
+        ]
+        (c,) = spec["containers"]
+        assert c["image"] == "gisjob-operator:0.1.0"
+        assert [m for m in c["volumeMounts"] if m["name"] not in tokens] == [
+            {"name": "tmp", "mountPath": "/tmp"}
+        ]
         # the examples against the real CRD schema and the real PVC/Job validation
         out = ok(kubectl(admin, "apply", "--dry-run=server", "-f", str(EXAMPLES)))
         for name in ("demo-scale", "demo-ndvi", "demo-expression", "demo-filter"):
