@@ -8,7 +8,7 @@ from gisjob_worker.plan import Plan
 from gisjob_worker.quantity import round_up_mib, to_quantity
 from gisjob_worker.ranges import encode
 
-from .reconcile import Actions, Progress
+from .reconcile import Actions, Progress, encode_subtiles
 
 TERMINAL = ("Succeeded", "Failed")
 
@@ -78,13 +78,9 @@ def progress_status(plan: Plan, p: Progress, actions: Actions | None) -> dict[st
             "peakObserved": f"{p.peak_observed / 1024**2:.0f}Mi" if p.peak_observed else "",
             "requestMaxBytes": plan.max_request,
         },
-        # merge-patch null removes the key when no split is in progress
-        "subtiles": {
-            "split": sorted(p.split),
-            "succeeded": sorted(p.sub_done),
-            "failed": sorted(p.sub_failed),
-        }
-        if (p.split or p.sub_done or p.sub_failed)
-        else None,
+        # open splits, grouped by planned tile and compressed when long (see
+        # reconcile.encode_subtiles); a string replaces any earlier form under merge-patch,
+        # and null removes the key when no split is in progress
+        "subtiles": encode_subtiles(p.split, p.sub_done, p.sub_failed) or None,
     }
     return out

@@ -13,11 +13,19 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from planbuilders import raster_file, raster_sizing, worker_view
+from planbuilders import NOW, raster_file, raster_sizing, worker_view
 
 from gisjob_operator.crd import build_crd
 from gisjob_operator.pods import pod_name
-from gisjob_operator.reconcile import Actions, PodView, Progress, TileTree, reconcile
+from gisjob_operator.reconcile import (
+    Actions,
+    PodView,
+    Progress,
+    TileTree,
+    decode_subtiles,
+    encode_subtiles,
+    reconcile,
+)
 from gisjob_operator.status import TERMINAL, plan_status, progress_status, set_condition
 from gisjob_worker import policy
 from gisjob_worker.plan import Plan, RasterFile, Tile, make_raster_tile
@@ -29,7 +37,6 @@ MIB = 1024**2
 KIB = 1024
 STATUS_BUDGET = 64 * KIB  # an order of magnitude below etcd's 1.5 MiB object limit
 ETCD_LIMIT = 1536 * KIB
-NOW = 1_700_000_000.0
 T0 = "2026-01-01T00:00:00Z"
 T1 = "2026-01-01T00:05:00Z"
 
@@ -213,11 +220,7 @@ def test_status_mid_run_of_100k_tiles_is_small(capsys: pytest.CaptureFixture[str
         "failed": 4,
     }
     parent = BIG.tiles[60_007].id
-    assert st["subtiles"] == {
-        "split": [parent],
-        "succeeded": [f"{parent}-q0", f"{parent}-q1"],
-        "failed": [f"{parent}-q2"],
-    }
+    assert st["subtiles"] == f"{parent}:sdq0dq1fq2"  # split; q0, q1 succeeded; q2 failed
     assert st["progress"] == f"{len(p.completed)}/100000"
 
 
@@ -245,6 +248,86 @@ def test_status_with_scattered_failures_stays_under_the_budget(
         assert back.completed == p.completed and back.failed == p.failed
     with capsys.disabled():
         print(f"\n[status size] 100,000 tiles, scattered outcomes: {sizes}")
+
+
+def legacy_subtiles_size(p: Progress) -> int:
+    """What the sub-tile sets cost as the id lists status held before (issue 9 #8)."""
+    lists = {
+        "split": sorted(p.split),
+        "succeeded": sorted(p.sub_done),
+        "failed": sorted(p.sub_failed),
+    }
+    return len(json.dumps(lists, separators=(",", ":")).encode())
+
+
+def test_status_with_thousands_of_concurrent_splits_stays_small(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An input every tile of which needs more memory than planned: at parallelism 4,000
+    the running pods all run out of memory again after shrinking, and the real reconciler
+    splits 4,000 tiles in one tick; then their quadrants run (4,000 at a time) and succeed,
+    fail or keep running, tick after tick, while the splits stay open. As id lists the
+    open splits would outgrow the budget; grouped and compressed they cost a few bytes each,
+    and every tick's status reads back to the same progress."""
+    rng = random.Random(8)
+    parallelism, start = 4_000, 40_000
+    memory = BIG.tiles[0].memory_request_bytes
+    persisted = {
+        k: v
+        for k, v in progress_status(BIG, Progress(completed=set(range(start))), None).items()
+        if v is not None
+    }
+    first = {"n": 0, "m": memory, "c": 1.0, "s": "initial", "x": 3, "o": False, "d": False}
+    pods = {
+        t.id: worker_view(
+            pod_name(BIG.job, t.id, 1),
+            t.id,
+            memory,
+            1,
+            "Failed",
+            exit_code=3,
+            strategy="shrinkChunks",
+            chunk_scale=0.5,
+            history=[first],
+        )
+        for t in BIG.tiles[start : start + parallelism]
+    }
+    tree = TileTree(BIG)
+    sizes: list[tuple[int, int, int, int]] = []  # open splits, subtiles, status, id lists
+    for _tick in range(5):
+        actions = reconcile(BIG, persisted, pods.values(), CONFIG, parallelism, NOW, tree=tree)
+        p = actions.progress
+        st = full_status(BIG, p, actions, "Running")
+        open_splits = sum(1 for tid in p.split if tid in tree.index)
+        subtiles = len(json.dumps(st["subtiles"], separators=(",", ":"))) if st["subtiles"] else 0
+        sizes.append((open_splits, subtiles, wire_size(st), legacy_subtiles_size(p)))
+        assert subtiles <= 6 * open_splits + 64, sizes  # a few bytes per open split
+        assert wire_size(st) < STATUS_BUDGET // 2, sizes
+        assert Progress.from_status(json.loads(json.dumps(st))).key() == p.key()
+        persisted = {k: v for k, v in st.items() if v is not None}
+        # the cluster: deleted pods go, created ones run; of the running quadrants 60 %
+        # finish per tick (85 % of them succeed, 15 % fail with an input error)
+        gone = set(actions.delete)
+        pods = {tid: v for tid, v in pods.items() if v.name not in gone}
+        for launch in actions.create:
+            name = pod_name(BIG.job, launch.tile, launch.attempt)
+            pods[launch.tile] = worker_view(name, launch.tile, launch.memory)
+        for tid, v in pods.items():
+            if v.phase == "Running" and rng.random() < 0.6:
+                ok = rng.random() >= 0.15
+                pods[tid] = replace(
+                    v,
+                    phase="Succeeded" if ok else "Failed",
+                    exit_code=0 if ok else 2,
+                    finished_at=NOW,
+                )
+    with capsys.disabled():
+        print(
+            "\n[status size] 100,000 tiles, 4,000 concurrent splits, per tick (open splits, "
+            f"subtiles chars, status bytes, bytes the id lists would take): {sizes}"
+        )
+    assert sizes[0][0] == parallelism  # the splits were concurrent
+    assert max(s[3] for s in sizes) > STATUS_BUDGET, "as id lists they would not fit"
 
 
 def test_reconcile_of_the_big_plan_launches_in_order() -> None:
@@ -317,11 +400,7 @@ def test_subtiles_sorted_and_present_while_any_is_open() -> None:
     plan = raster_plan(4)
     p = Progress(split={"r0000c0001", "r0000c0000"}, sub_done={"r0000c0000-q3", "r0000c0000-q0"})
     sub = progress_status(plan, p, None)["subtiles"]
-    assert sub == {
-        "split": ["r0000c0000", "r0000c0001"],
-        "succeeded": ["r0000c0000-q0", "r0000c0000-q3"],
-        "failed": [],
-    }
+    assert sub == "r0000c0000:sdq0dq3,r0000c0001:s"
     assert json.loads(json.dumps(sub)) == sub
 
 
@@ -340,6 +419,83 @@ def test_progress_status_round_trips_through_progress() -> None:
     )
     again = Progress.from_status(json.loads(json.dumps(progress_status(plan, p, None))))
     assert again.key() == p.key()
+
+
+def random_subtile_sets(rng: random.Random, roots: int) -> tuple[set[str], set[str], set[str]]:
+    """Split/succeeded/failed sub-tile ids under ``roots`` planned tiles of every id form
+    (raster, vector, multi-file), nested up to three splits deep."""
+    forms = ["r{:04d}c{:04d}", "f{:06d}", "i0001-r{:04d}c{:04d}", "i0012-f{:06d}"]
+    split: set[str] = set()
+    done: set[str] = set()
+    failed: set[str] = set()
+    for k in range(roots):
+        form = rng.choice(forms)
+        root = form.format(k, k + 7) if "c" in form else form.format(k)
+        letter = "h" if "f0" in root else "q"
+        split.add(root)
+        frontier = [root]
+        for _depth in range(3):
+            nxt = []
+            for parent in frontier:
+                for i in range(4 if letter == "q" else 2):
+                    kid = f"{parent}-{letter}{i}"
+                    r = rng.random()
+                    if r < 0.4:
+                        done.add(kid)
+                    elif r < 0.55:
+                        failed.add(kid)
+                    elif r < 0.7:
+                        split.add(kid)
+                        nxt.append(kid)
+            frontier = nxt
+    return split, done, failed
+
+
+@pytest.mark.parametrize("roots", [1, 3, 40, 2_000])
+def test_subtiles_codec_round_trips(roots: int) -> None:
+    rng = random.Random(roots)
+    split, done, failed = random_subtile_sets(rng, roots)
+    text = encode_subtiles(split, done, failed)
+    assert text.startswith("z:") is (roots >= 40)  # compressed once long
+    assert decode_subtiles(json.loads(json.dumps(text))) == {
+        "split": split,
+        "sub_done": done,
+        "sub_failed": failed,
+    }
+    # an id in two sets (never written by the reconciler, still kept exactly)
+    odd = decode_subtiles(encode_subtiles({"r0000c0000"}, {"r0000c0000"}, set()))
+    assert odd["split"] == odd["sub_done"] == {"r0000c0000"}
+
+
+def test_subtiles_plain_form_is_grouped_by_planned_tile() -> None:
+    text = encode_subtiles(
+        {"r0003c0008", "r0003c0007", "r0003c0008-q1"},
+        {"r0003c0007-q1", "r0003c0007-q0", "r0003c0008-q1-q0"},
+        {"r0003c0007-q2"},
+    )
+    assert text == "r0003c0007:sdq0dq1fq2,r0003c0008:ssq1dq1q0"
+    assert encode_subtiles((), (), ()) == ""
+    assert (
+        decode_subtiles("")
+        == decode_subtiles(None)
+        == {
+            "split": set(),
+            "sub_done": set(),
+            "sub_failed": set(),
+        }
+    )
+
+
+def test_subtiles_written_as_lists_by_an_older_operator_still_read() -> None:
+    old = {"split": ["f000001"], "succeeded": ["f000001-h0"], "failed": ["f000001-h1"]}
+    p = Progress.from_status({"subtiles": old})
+    assert (p.split, p.sub_done, p.sub_failed) == ({"f000001"}, {"f000001-h0"}, {"f000001-h1"})
+
+
+@pytest.mark.parametrize("bad", ["r0000c0000", ":s", "r0000c0000:x", "r0:sq", "r0:sq9q", "z:!!"])
+def test_malformed_subtiles_raise(bad: str) -> None:
+    with pytest.raises(ValueError):
+        decode_subtiles(bad)
 
 
 # ------------------------------------------------------------------------------ plan_status
