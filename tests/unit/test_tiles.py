@@ -12,6 +12,8 @@ import pytest
 from gisjob_worker.memory import ChunkShape
 from gisjob_worker.tiles import (
     FeatureRange,
+    FidBoundaries,
+    SampledFidBoundaries,
     TileId,
     Window,
     chunk_count,
@@ -262,6 +264,92 @@ def test_feature_range_where() -> None:
     assert FeatureRange(20, None, 5).where() == "FID >= 20"
 
 
+def test_feature_range_where_parenthesises_the_users_filter_on_lines_of_its_own() -> None:
+    # OR stays inside the range; a trailing SQL comment cannot eat the closing parenthesis
+    assert FeatureRange(10, 20, 10).where("a = 1 OR b = 2") == (
+        "FID >= 10 AND FID < 20 AND (\na = 1 OR b = 2\n)"
+    )
+    assert FeatureRange(20, None, 5).where("a > 1 -- big") == "FID >= 20 AND (\na > 1 -- big\n)"
+
+
+def _tiles_of(fids: np.ndarray, per_tile: int, batch: int) -> FidBoundaries:
+    acc = FidBoundaries(per_tile)
+    for i in range(0, len(fids), batch):
+        assert acc.add(fids[i : i + batch])
+    return acc
+
+
+@pytest.mark.parametrize(("per_tile", "batch"), [(10, 7), (10, 10), (10, 1000), (1, 3), (7, 64)])
+def test_fid_boundaries_are_every_per_tile_th_fid_whatever_the_batches(
+    per_tile: int, batch: int
+) -> None:
+    rng = np.random.default_rng(5)
+    fids = np.sort(rng.choice(10**9, size=95, replace=False)).astype(np.int64)
+    got = _tiles_of(fids, per_tile, batch).result()
+    assert got.count == 95
+    assert got.exact
+    assert got.bounds == tuple(int(f) for f in fids[::per_tile])
+    assert got.last_fid == int(fids[-1])
+    # tiles laid on these bounds hold exactly per_tile features (the last the rest)
+    ranges = feature_ranges(got.bounds[0], got.count, per_tile, got.bounds)
+    for r in ranges:
+        inside = np.count_nonzero((fids >= r.start) & ((r.stop is None) | (fids < (r.stop or 0))))
+        assert inside == r.features
+    assert sum(r.features for r in ranges) == 95
+    assert ranges[-1].stop is None
+
+
+def test_fid_boundaries_decline_a_stream_that_is_not_ascending() -> None:
+    acc = FidBoundaries(10)
+    assert acc.add(np.array([1, 5, 9], dtype=np.int64))
+    assert not acc.add(np.array([9, 12], dtype=np.int64))  # not above its predecessor
+    acc = FidBoundaries(10)
+    assert not acc.add(np.array([1, 7, 3], dtype=np.int64))
+    assert FidBoundaries(10).result().bounds == ()
+
+
+def test_feature_ranges_on_bounds_hold_per_tile_features_however_sparse() -> None:
+    bounds = (3, 1_000, 10**9)
+    assert feature_ranges(3, 25, 10, bounds) == [
+        FeatureRange(3, 1_000, 10),
+        FeatureRange(1_000, 10**9, 10),
+        FeatureRange(10**9, None, 5),
+    ]
+    # without bounds: contiguous FIDs, as before
+    assert feature_ranges(3, 25, 10)[1] == FeatureRange(13, 23, 10)
+
+
+@pytest.mark.parametrize("cap", [1024, 1 << 17])
+def test_sampled_fid_boundaries_balance_tiles_of_shuffled_fids(cap: int) -> None:
+    rng = np.random.default_rng(11)
+    fids = rng.choice(10**9, size=20_000, replace=False).astype(np.int64)  # any order
+    per_tile = 2_000
+    acc = SampledFidBoundaries(per_tile, cap=cap)
+    for i in range(0, len(fids), 999):
+        acc.add(fids[i : i + 999])
+    got = acc.result()
+    assert got.count == 20_000
+    assert got.last_fid == int(fids.max())
+    assert got.bounds[0] == int(fids.min())
+    assert list(got.bounds) == sorted(set(got.bounds))
+    assert got.exact == (cap >= 20_000)
+    assert sum(len(k) for k in acc.kept) <= cap
+    ranges = feature_ranges(got.bounds[0], got.count, per_tile, got.bounds)
+    counts = [
+        int(np.count_nonzero((fids >= r.start) & (fids < (r.stop if r.stop else 2**62))))
+        for r in ranges
+    ]
+    assert sum(counts) == 20_000
+    if got.exact:
+        assert counts == [r.features for r in ranges] == [per_tile] * 10
+    else:  # a sample of 512-1024 FIDs: each tile within a third of per_tile
+        assert all(abs(c - per_tile) <= per_tile // 3 for c in counts), counts
+    # deterministic: every worker re-planning the file lays the same tiles
+    again = SampledFidBoundaries(per_tile, cap=cap)
+    again.add(fids)
+    assert again.result() == got
+
+
 def test_split_range_halves() -> None:
     assert split_range(FeatureRange(10, 20, 10)) == [
         ("h0", FeatureRange(10, 15, 5)),
@@ -273,6 +361,21 @@ def test_split_range_halves() -> None:
     ]
     assert split_range(FeatureRange(7, 8, 1)) is None
     assert split_range(FeatureRange(7, None, 0)) is None
+
+
+def test_split_range_of_sparse_fids_halves_the_fid_span_and_estimates_half() -> None:
+    # a closed range of sparse FIDs: numeric midpoint, features estimated as half
+    assert split_range(FeatureRange(1_000, 9_000, 5)) == [
+        ("h0", FeatureRange(1_000, 5_000, 2)),
+        ("h1", FeatureRange(5_000, 9_000, 3)),
+    ]
+    # the open last range: halved up to the layer's end (one past its largest FID)
+    assert split_range(FeatureRange(1_000, None, 4), end=10**9 + 1) == [
+        ("h0", FeatureRange(1_000, 500_000_500, 2)),
+        ("h1", FeatureRange(500_000_500, None, 2)),
+    ]
+    # a span of one FID holds one feature at most: nothing to split
+    assert split_range(FeatureRange(41, 42, 3)) is None
 
 
 def test_split_range_repeatedly_covers_parent() -> None:

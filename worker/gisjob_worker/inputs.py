@@ -9,12 +9,15 @@ from __future__ import annotations
 import glob as globmod
 import math
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 from .errors import InputError
 from .plan import MASK_BYTES_PER_PIXEL, RasterFile, VectorFile
-from .registry import RasterOperation, RasterSource, VectorOperation
+from .registry import RasterOperation, RasterSource, VectorOperation, VectorRead
 from .spec import GisJob
+from .tiles import FeatureRange, FidBoundaries, FidPass, SampledFidBoundaries, feature_ranges
 
 VECTOR_SAMPLE_ROWS = 500
 
@@ -98,16 +101,22 @@ def raster_file(index: int, uri: str, op: RasterOperation[Any], params: Any) -> 
 
 
 def vector_file(
-    index: int, uri: str, layer: str | None, op: VectorOperation[Any], params: Any
+    index: int,
+    uri: str,
+    layer: str | None,
+    op: VectorOperation[Any],
+    params: Any,
+    features_per_tile: int,
 ) -> VectorFile:
+    """Layer info, one FID-only pass for the tile boundaries, and a time-bounded sample
+    read that sizes features and checks the operation's ``where`` as the worker runs it."""
     import pyogrio
-    from pyogrio import raw
-    from pyogrio.errors import DataLayerError, DataSourceError, FieldError
+    from pyogrio.errors import DataLayerError, DataSourceError
 
     if "://" not in uri and not uri.startswith("/vsi") and not os.path.exists(uri):
         raise InputError(f"{uri}: input file not found")
     try:
-        info = pyogrio.read_info(uri, layer=layer, force_feature_count=True)
+        info = pyogrio.read_info(uri, layer=layer)
     except (DataSourceError, DataLayerError) as exc:
         raise InputError(
             f"{uri}: not a vector layer GDAL can read ({one_line(str(exc))})"
@@ -120,8 +129,88 @@ def vector_file(
                 f"{uri}: spec.operation.params.columns: no column {col!r} "
                 f"(the layer has {', '.join(fields) or 'no attribute columns'})"
             )
+    fids = fid_pass(uri, layer, features_per_tile)
+    first_fid = fids.bounds[0] if fids.bounds else 0
+    first = feature_ranges(first_fid, fids.count, features_per_tile, fids.bounds)[0]
+    nbytes, rows = _bounded_sample(uri, layer, opts, first)
+    bpf = nbytes / rows if rows else 1024.0
+    return VectorFile(
+        index=index,
+        uri=uri,
+        layer=layer,
+        features=fids.count,
+        first_fid=first_fid,
+        bytes_per_feature=max(bpf, 64.0),
+        crs=info.get("crs"),
+        fid_bounds=fids.bounds,
+        last_fid=fids.last_fid,
+    )
+
+
+FID_PASS_BATCH = 65_536  # FIDs per Arrow batch of the FID pass (512 KiB of int64)
+# How long the planner's sample read (with the user's where) may take; env override.
+WHERE_PROBE_SECONDS = 60.0
+WHERE_PROBE_ENV = "GISJOB_WHERE_PROBE_SECONDS"
+
+
+def _stream_fids(uri: str, layer: str | None, add: Callable[[Any], bool]) -> bool:
+    """Feed ``add`` the layer's FIDs batch by batch (FID column only: no attribute, no
+    geometry is read); False as soon as ``add`` declines a batch."""
+    from pyogrio import raw
+    from pyogrio.errors import DataLayerError, DataSourceError
+
     try:
-        _, sample = raw.read_arrow(
+        with raw.open_arrow(
+            uri,
+            layer=layer,
+            columns=[],
+            read_geometry=False,
+            return_fids=True,
+            batch_size=FID_PASS_BATCH,
+            use_pyarrow=True,
+        ) as (_meta, reader):
+            for batch in reader:
+                if batch.num_columns == 0:
+                    raise InputError(f"{uri}: the layer has no feature ids GDAL can read")
+                if not add(batch.column(0).to_numpy()):
+                    return False
+    except (DataSourceError, DataLayerError, OSError) as exc:
+        # GDAL errors raised while streaming arrive as a plain OSError from pyarrow
+        raise InputError(
+            f"{uri}: cannot read the layer's feature ids ({one_line(str(exc))})"
+        ) from None
+    return True
+
+
+def fid_pass(uri: str, layer: str | None, per_tile: int) -> FidPass:
+    """The layer's feature count and tile boundaries from its real FIDs (bounded memory:
+    every ``per_tile``-th FID of an ascending stream; a hash sample when the driver streams
+    FIDs in another order)."""
+    exact = FidBoundaries(per_tile)
+    if _stream_fids(uri, layer, exact.add):
+        return exact.result()
+    sampled = SampledFidBoundaries(per_tile)
+
+    def add(fids: Any) -> bool:
+        sampled.add(fids)
+        return True
+
+    _stream_fids(uri, layer, add)
+    return sampled.result()
+
+
+def _sample(uri: str, layer: str | None, opts: VectorRead, first: FeatureRange) -> dict[str, Any]:
+    """Bytes and rows of a sample batch (curves linearised, as the worker holds them), with
+    the where checked alone and as the worker runs it (combined with a tile's FID range).
+    Runs in the probe child: returns what happened as JSON-able data, never raises."""
+    from pyogrio import raw
+    from pyogrio.errors import DataLayerError, DataSourceError, FieldError
+
+    from .operations.vector import linearize_wkb
+
+    step = "where"
+    try:
+        _meta, sample = raw.read_arrow(
             uri,
             layer=layer,
             columns=opts.columns,
@@ -129,26 +218,138 @@ def vector_file(
             max_features=VECTOR_SAMPLE_ROWS,
             return_fids=False,
         )
+        if opts.where:
+            step = "combined"
+            raw.read_arrow(
+                uri,
+                layer=layer,
+                columns=[],
+                read_geometry=False,
+                where=first.where(opts.where),
+                max_features=1,
+            )
+        step = "read"
         if sample.num_rows == 0:  # a selective filter: size by the unfiltered rows
             _meta, sample = raw.read_arrow(
                 uri, layer=layer, columns=opts.columns, max_features=VECTOR_SAMPLE_ROWS
             )
-        _, first = raw.read_arrow(
-            uri, layer=layer, columns=[], read_geometry=False, max_features=1, return_fids=True
+        nbytes = sample.nbytes
+        name = _meta.get("geometry_name") or "wkb_geometry"
+        if name in sample.column_names:
+            import pyarrow as pa
+
+            geom = sample.column(name)
+            if not pa.types.is_binary(geom.type):
+                geom = geom.cast(pa.binary())
+            nbytes += linearize_wkb(geom).nbytes - geom.nbytes
+        return {"nbytes": int(nbytes), "rows": int(sample.num_rows)}
+    except (DataSourceError, DataLayerError, FieldError, OSError, ValueError) as exc:
+        if step == "where" and opts.where:  # the filter, or the data? read without it
+            try:
+                raw.read_arrow(uri, layer=layer, max_features=VECTOR_SAMPLE_ROWS)
+            except (DataSourceError, DataLayerError, FieldError, OSError, ValueError):
+                step = "read"
+        return {"step": step, "error": one_line(str(exc))}
+
+
+def _bounded_sample(
+    uri: str, layer: str | None, opts: VectorRead, first: FeatureRange
+) -> tuple[int, int]:
+    """:func:`_sample` in a forked child killed after :data:`WHERE_PROBE_SECONDS`: a where
+    with a cartesian subquery fails the plan (exit 2) instead of planning for minutes."""
+    limit = float(os.environ.get(WHERE_PROBE_ENV) or WHERE_PROBE_SECONDS)
+    out = run_with_deadline(lambda: _sample(uri, layer, opts, first), limit)
+    if out is None:
+        what = "spec.operation.params.where: " if opts.where else ""
+        raise InputError(
+            f"{uri}: {what}the planner's sample read of {VECTOR_SAMPLE_ROWS} features did "
+            f"not finish within {limit:g} s (the limit, ${WHERE_PROBE_ENV})"
+            + ("; simplify the filter (no subquery over the whole layer)" if opts.where else "")
         )
-    except (DataSourceError, DataLayerError, FieldError, OSError) as exc:
-        # GDAL errors raised while streaming arrive as a plain OSError from pyarrow
-        raise InputError(f"{uri}: spec.operation.params.where: {one_line(str(exc))}") from None
-    bpf = sample.nbytes / sample.num_rows if sample.num_rows else 1024.0
-    fid_col = first.column_names[0] if first.num_columns else None
-    first_fid = int(first.column(0)[0].as_py()) if first.num_rows and fid_col else 0
-    crs = info.get("crs")
-    return VectorFile(
-        index=index,
-        uri=uri,
-        layer=layer,
-        features=int(info["features"]),
-        first_fid=first_fid,
-        bytes_per_feature=max(bpf, 64.0),
-        crs=crs,
-    )
+    if "error" in out:
+        field = "spec.operation.params.where"
+        if out["step"] == "combined":
+            raise InputError(
+                f"{uri}: {field}: valid alone but not as the workers run it, AND-ed with a "
+                f"tile's feature-id range ({one_line(first.where('<where>'))}): "
+                f"{out['error']} (give one "
+                "boolean expression: no ORDER BY, LIMIT or unbalanced parentheses)"
+            )
+        if out["step"] == "read" or not opts.where:
+            raise InputError(f"{uri}: cannot read a sample of the layer ({out['error']})")
+        raise InputError(f"{uri}: {field}: {out['error']}")
+    return int(out["nbytes"]), int(out["rows"])
+
+
+def run_with_deadline(fn: Callable[[], dict[str, Any]], seconds: float) -> dict[str, Any] | None:
+    """``fn()`` in a forked child (it inherits the imported GDAL: ~10 ms, not an
+    interpreter start), its JSON result read back over a pipe; None when it did not finish
+    within ``seconds`` — the child is then killed (a thread could not be). The child also
+    dies on its own (SIGALRM, parent-death signal) if this process is killed meanwhile."""
+    if not hasattr(os, "fork"):
+        return fn()
+    import json
+    import select
+    import signal
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            os.close(r)
+            from .forkserver import die_with_parent
+
+            die_with_parent()
+            for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
+            signal.alarm(math.ceil(seconds) + 5)
+            try:
+                result = fn()
+            except BaseException as exc:
+                result = {"step": "read", "error": f"{type(exc).__name__}: {exc}"}
+            data = json.dumps(result).encode()
+            while data:
+                data = data[os.write(w, data) :]
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks: list[bytes] = []
+    done = False
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select([r], [], [], left)
+            if not ready:
+                continue
+            data = os.read(r, 65536)
+            if not data:
+                done = True
+                break
+            chunks.append(data)
+    finally:
+        os.close(r)
+        if not done:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped by someone else's SIGCHLD handler
+            pass
+    if not done:
+        return None
+    try:
+        out = json.loads(b"".join(chunks) or b"null")
+    except ValueError:
+        out = None
+    if not isinstance(out, dict):
+        return {"step": "read", "error": "the sample read's process died"}
+    return out

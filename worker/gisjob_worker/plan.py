@@ -55,6 +55,11 @@ class RasterFile:
 
 @dataclass(frozen=True)
 class VectorFile:
+    """One vector layer. Its tiles are ``feature_ranges(first_fid, features, featuresPerTile,
+    fid_bounds)``: with ``fid_bounds`` (the start FID of each tile, from one FID-only pass
+    over the layer) every tile holds ``featuresPerTile`` features however sparse the FIDs
+    are; empty (placeholders, plans of older planners) means contiguous FIDs."""
+
     index: int
     uri: str
     layer: str | None
@@ -62,6 +67,8 @@ class VectorFile:
     first_fid: int
     bytes_per_feature: float
     crs: str | None
+    fid_bounds: tuple[int, ...] = ()
+    last_fid: int | None = None  # the largest FID: where a split halves the open last tile
 
 
 @dataclass(frozen=True)
@@ -311,7 +318,7 @@ def split_tile(plan: Plan, tile: Tile) -> list[Tile] | None:
             return None
         return [make_raster_tile(plan.sizing, f, f"{tile.id}-{s}", w) for s, w in parts]
     assert tile.fids is not None
-    halves = split_range(tile.fids)
+    halves = split_range(tile.fids, None if f.last_fid is None else f.last_fid + 1)
     if halves is None:
         return None
     return [make_vector_tile(plan.sizing, f, f"{tile.id}-{s}", r) for s, r in halves]
@@ -383,5 +390,7 @@ def file_tiles(
         ]
     return [
         make_vector_tile(sizing, f, vector_tile_id(fi, k), rng)
-        for k, rng in enumerate(feature_ranges(f.first_fid, f.features, features_per_tile))
+        for k, rng in enumerate(
+            feature_ranges(f.first_fid, f.features, features_per_tile, f.fid_bounds)
+        )
     ]

@@ -97,10 +97,11 @@ def _build_plan(job: GisJob, file_indexes: list[int] | None) -> Plan:
             ):
                 tiles.append(make_raster_tile(sizing, rf, raster_tile_id(fi, r, c), win))
         else:
-            vf = vector_file(i, uri, job.spec.input.layer, op, params)
+            per_tile = job.spec.tiling.features_per_tile
+            vf = vector_file(i, uri, job.spec.input.layer, op, params, per_tile)
             files.append(vf)
             for k, rng in enumerate(
-                feature_ranges(vf.first_fid, vf.features, job.spec.tiling.features_per_tile)
+                feature_ranges(vf.first_fid, vf.features, per_tile, vf.fid_bounds)
             ):
                 tiles.append(make_vector_tile(sizing, vf, vector_tile_id(fi, k), rng))
     return Plan(

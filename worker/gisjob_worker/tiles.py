@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .memory import ChunkShape
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _ID_RE = re.compile(r"(?:i([0-9]{4,})-)?(?:r([0-9]{4,})c([0-9]{4,})|f([0-9]{6,}))((?:-[qh][0-9])*)")
 
@@ -152,20 +156,44 @@ def split_window(
 class FeatureRange:
     """Features with ``start <= FID < stop`` (``stop`` None: to the end of the layer).
 
-    ``features`` is how many the range holds when FIDs are contiguous (for sizing/splits).
+    ``features`` is how many the range holds: exact for planned tiles laid on the layer's
+    real FIDs (:func:`feature_ranges` with boundaries), an estimate for halves of a split
+    (:func:`split_range`) and for layers planned without boundaries (contiguous FIDs).
     """
 
     start: int
     stop: int | None
     features: int
 
-    def where(self) -> str:
+    def where(self, extra: str | None = None) -> str:
+        """The attribute filter of this range, AND-ed with ``extra`` (the user's filter),
+        which is parenthesised on lines of its own: ``a = 1 OR b = 2`` stays inside the
+        range, and a trailing ``-- comment`` cannot swallow the closing parenthesis."""
         clause = f"FID >= {self.start}"
-        return clause if self.stop is None else f"{clause} AND FID < {self.stop}"
+        if self.stop is not None:
+            clause = f"{clause} AND FID < {self.stop}"
+        return clause if extra is None else f"{clause} AND (\n{extra}\n)"
 
 
-def feature_ranges(first_fid: int, count: int, per_tile: int) -> list[FeatureRange]:
-    """Ranges of ``per_tile`` FIDs; the last one is open-ended so FID gaps lose nothing."""
+def feature_ranges(
+    first_fid: int, count: int, per_tile: int, bounds: Sequence[int] = ()
+) -> list[FeatureRange]:
+    """Tiles of ``per_tile`` features; the last one is open-ended so nothing is lost.
+
+    ``bounds`` (the start FID of each tile, from :class:`FidBoundaries`) lays them on the
+    layer's real FIDs, so sparse ids (OSM ids, GeoPackages after deletes) still make tiles
+    of ``per_tile`` features. Without it FIDs are taken as contiguous from ``first_fid``.
+    """
+    if bounds:
+        n = len(bounds)
+        return [
+            FeatureRange(
+                start=b,
+                stop=bounds[i + 1] if i < n - 1 else None,
+                features=per_tile if i < n - 1 else max(0, count - (n - 1) * per_tile),
+            )
+            for i, b in enumerate(bounds)
+        ]
     n = max(1, math.ceil(count / per_tile))
     out = []
     for i in range(n):
@@ -181,13 +209,127 @@ def feature_ranges(first_fid: int, count: int, per_tile: int) -> list[FeatureRan
     return out
 
 
-def split_range(rng: FeatureRange) -> list[tuple[str, FeatureRange]] | None:
-    """Halves of a feature range; None when it holds a single feature."""
-    if rng.features <= 1:
+def split_range(rng: FeatureRange, end: int | None = None) -> list[tuple[str, FeatureRange]] | None:
+    """Halves of a feature range at the numeric midpoint of its FIDs, each estimated to
+    hold half its features; None when it holds a single feature or a single FID.
+
+    ``end`` (one past the layer's largest FID) closes an open-ended range for the midpoint;
+    without it the range's FIDs are taken as contiguous. With sparse FIDs the halves may
+    hold unequal counts (the plan keeps no FIDs inside a tile): a half's estimate only caps
+    its batch size, and a half that is still too big splits again.
+    """
+    hi = rng.stop if rng.stop is not None else end
+    if hi is None:
+        hi = rng.start + rng.features
+    if rng.features <= 1 or hi - rng.start <= 1:
         return None
     half = rng.features // 2
-    mid = rng.start + half
+    mid = rng.start + (hi - rng.start) // 2
     return [
         ("h0", FeatureRange(rng.start, mid, half)),
         ("h1", FeatureRange(mid, rng.stop, rng.features - half)),
     ]
+
+
+# ------------------------------------------------------------------------ FID boundaries
+
+FID_SAMPLE_CAP = 1 << 17  # FIDs kept by the sampled pass (1 MiB of int64)
+_MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64 finaliser
+
+
+@dataclass(frozen=True)
+class FidPass:
+    """What one pass over a layer's FIDs found: the feature count, the start FID of each
+    tile, the largest FID, and whether the boundaries are exact (FIDs streamed in
+    ascending order) or quantiles of a hash sample (any other order)."""
+
+    count: int
+    bounds: tuple[int, ...]
+    last_fid: int | None
+    exact: bool
+
+
+class FidBoundaries:
+    """Every ``per_tile``-th FID of an ascending stream of FID batches: O(tiles) memory.
+
+    :meth:`add` returns False at the first FID not above its predecessor; the caller then
+    streams again into :class:`SampledFidBoundaries`.
+    """
+
+    def __init__(self, per_tile: int) -> None:
+        self.per_tile = per_tile
+        self.count = 0
+        self.bounds: list[int] = []
+        self.last: int | None = None
+
+    def add(self, fids: np.ndarray) -> bool:
+        if not len(fids):
+            return True
+        if (self.last is not None and fids[0] <= self.last) or bool((fids[1:] <= fids[:-1]).any()):
+            return False
+        first = -self.count % self.per_tile  # index in this batch of the next tile start
+        self.bounds.extend(int(f) for f in fids[first :: self.per_tile])
+        self.count += len(fids)
+        self.last = int(fids[-1])
+        return True
+
+    def result(self) -> FidPass:
+        return FidPass(self.count, tuple(self.bounds), self.last, exact=True)
+
+
+class SampledFidBoundaries:
+    """Tile boundaries of FIDs in any order, in bounded memory: FIDs whose hash has its top
+    ``level`` bits zero are kept (a deterministic 2^-level sample: every worker re-planning
+    the file gets the same boundaries); the level rises whenever more than ``cap`` are
+    kept. Boundaries are the sample's quantiles, so a tile holds about ``per_tile``
+    features (± the sampling error: ~1/sqrt(sampled FIDs per tile))."""
+
+    def __init__(self, per_tile: int, cap: int = FID_SAMPLE_CAP) -> None:
+        self.per_tile, self.cap = per_tile, cap
+        self.count, self.level = 0, 0
+        self.kept: list[np.ndarray] = []
+        self.kept_n = 0
+        self.lo: int | None = None
+        self.hi: int | None = None
+
+    def _keep(self, fids: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        if self.level == 0:
+            return fids
+        z = fids.astype(np.uint64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
+        z = z ^ (z >> np.uint64(31))
+        kept: np.ndarray = fids[(z >> np.uint64(64 - self.level)) == 0]
+        return kept
+
+    def add(self, fids: np.ndarray) -> None:
+        if not len(fids):
+            return
+        self.count += len(fids)
+        lo, hi = int(fids.min()), int(fids.max())
+        self.lo = lo if self.lo is None else min(self.lo, lo)
+        self.hi = hi if self.hi is None else max(self.hi, hi)
+        kept = self._keep(fids)
+        self.kept.append(kept.copy())
+        self.kept_n += len(kept)
+        while self.kept_n > self.cap:
+            self.level += 1
+            self.kept = [self._keep(k) for k in self.kept]
+            self.kept_n = sum(len(k) for k in self.kept)
+
+    def result(self) -> FidPass:
+        import numpy as np
+
+        if self.lo is None:
+            return FidPass(0, (), None, exact=False)
+        sample = np.sort(np.concatenate(self.kept)) if self.kept else np.empty(0, np.int64)
+        tiles = max(1, math.ceil(self.count / self.per_tile))
+        bounds = [self.lo]
+        for i in range(1, tiles):
+            j = min(len(sample) - 1, (i * self.per_tile * len(sample)) // self.count)
+            b = int(sample[j]) if len(sample) else bounds[-1]
+            if b > bounds[-1]:
+                bounds.append(b)
+        return FidPass(self.count, tuple(bounds), self.hi, exact=self.level == 0)

@@ -1,5 +1,11 @@
 """One vector tile: Arrow batches of its feature range (``pyogrio.raw.open_arrow``) through
-the operation into GeoParquet or GeoPackage, written under a temporary name and renamed."""
+the operation into GeoParquet or GeoPackage, written under a temporary name and renamed.
+
+Curved geometries are linearised by GDAL as each batch is read (the operation and the
+output only ever see linear WKB), and what the data itself gets wrong — a read error of a
+local file, an unreadable geometry — is an :class:`InputError` naming the file (exit 2,
+never retried).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,11 @@ from . import outputs
 from .errors import InputError
 from .guard import malloc_trim
 from .memory import CHUNK_SLACK, VECTOR_STREAM_BATCHES
+from .operations.vector import linearize_wkb
 from .plan import VectorFile
 from .registry import VectorOperation
 from .tilecontext import TileContext, chunk_done
+from .tiles import FeatureRange
 
 
 def _geo_metadata(crs: str | None, geometry_type: str | None) -> bytes:
@@ -39,7 +47,7 @@ def run_vector(ctx: TileContext, op: VectorOperation[Any], final: Path) -> None:
     assert isinstance(f, VectorFile) and ctx.tile.fids is not None and ctx.tile.batch_rows
     params = op.parse_params(ctx.job.spec.operation.params)
     opts = op.read_options(params)
-    where = ctx.tile.fids.where() + (f" AND ({opts.where})" if opts.where else "")
+    where = ctx.tile.fids.where(opts.where)  # the user's filter parenthesised, as planned
     tmp = outputs.temp_path(final)
     ctx.progress.temps.append(tmp)
     per_batch = int(
@@ -66,14 +74,22 @@ def run_vector(ctx: TileContext, op: VectorOperation[Any], final: Path) -> None:
             while True:
                 started = time.perf_counter()
                 rss0 = ctx.guard.check_before(per_batch, f"batch {index}")
-                batch = next(batches, None)
+                try:
+                    batch = next(batches, None)
+                except OSError as exc:  # GDAL's read error, raised through the Arrow stream
+                    if _remote(f.uri):
+                        raise  # a network read may succeed on retry
+                    raise InputError(
+                        f"{f.uri}: cannot read features {where_text(ctx.tile.fids)} "
+                        f"({' '.join(str(exc).split())})"
+                    ) from None
                 if batch is None:
                     break
                 table = pa.Table.from_batches([batch])
                 del batch
                 names = ["geometry" if n == geom_name else n for n in table.column_names]
                 table = table.rename_columns(names)
-                table = _plain_geometry(table)
+                table = _linear_geometry(_plain_geometry(table))
                 result = op.apply(params, table, crs)
                 nbytes = table.nbytes
                 if fmt == "GPKG":
@@ -110,13 +126,31 @@ def run_vector(ctx: TileContext, op: VectorOperation[Any], final: Path) -> None:
                     writer = pq.ParquetWriter(str(tmp), schema, compression="zstd")
     except (DataSourceError, DataLayerError, FieldError) as exc:
         raise InputError(f"{f.uri}: {' '.join(str(exc).split())}") from None
-    except ValueError as exc:
-        raise InputError(f"{f.uri}: {exc}") from None
+    except ValueError as exc:  # ArrowInvalid, unreadable geometry, no CRS for an area
+        raise InputError(f"{f.uri}: features {where_text(ctx.tile.fids)}: {exc}") from None
     finally:
         if writer is not None and writer is not True:
             writer.close()
     malloc_trim()
     ctx.progress.bytes_written = outputs.commit(tmp, final)
+
+
+def _remote(uri: str) -> bool:
+    return "://" in uri or uri.startswith(("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls"))
+
+
+def where_text(rng: FeatureRange) -> str:
+    return f"FID {rng.start}.." + ("end" if rng.stop is None else str(rng.stop - 1))
+
+
+def _linear_geometry(table: Any) -> Any:
+    """The batch with its curved geometries linearised (the same table when it has none)."""
+    if "geometry" not in table.column_names:
+        return table
+    i = table.column_names.index("geometry")
+    col = table.column(i)
+    linear = linearize_wkb(col)
+    return table if linear is col else table.set_column(i, table.schema.field(i), linear)
 
 
 def _plain_geometry(table: Any) -> Any:
