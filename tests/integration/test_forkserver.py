@@ -10,14 +10,17 @@ import signal
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from worker_helpers import GISJOB, budget_mib, free_port, ndvi_job, run_cli
 
+from gisjob_worker.attempt import AttemptRequest
 from gisjob_worker.cgroup import create_child
 from gisjob_worker.forkserver import ForkServer, ForkServerError
+from gisjob_worker.ledgerstore import LocalLedgerStore
 
 MIB = 1024**2
 
@@ -31,6 +34,10 @@ def _job(tmp_path: Path, width: int = 2048, tile: int = 1024, name: str = "fs") 
         tile=tile,
         resources={"memory": budget_mib("raster", 8, 48), "gdalCacheMax": "8Mi"},
     )
+
+
+def budget_bytes() -> int:
+    return int(budget_mib("raster", 8, 48).removesuffix("Mi")) * MIB
 
 
 def _alive(pid: int) -> bool:
@@ -80,22 +87,33 @@ def test_forked_and_spawned_workers_write_identical_tiles(tmp_path: Path) -> Non
         assert summary["succeeded"] == 4, summary
 
 
-def test_a_forked_worker_runs_a_tile_and_reports_its_exit(tmp_path: Path) -> None:
+def test_a_forked_worker_runs_a_tile_records_it_and_reports_its_exit(tmp_path: Path) -> None:
+    """The child runs the worker's attempt function (no CLI): the tile, its ledger record
+    (attempt and strategy as asked), its result record, its exit code."""
     job = _job(tmp_path)
     server = ForkServer(job, tmp_path / "server.log")
     try:
         result = tmp_path / "result.json"
-        w = server.spawn(
-            ["worker", "--job", str(job), "--tile", "r0000c0001", "--result", str(result)],
-            tmp_path / "w.log",
+        request = AttemptRequest(
+            tile="r0000c0001",
+            job_file=str(job),
+            result_path=str(result),
+            attempt=3,
+            strategy="grow",
+            memory=budget_bytes(),
         )
+        w = server.spawn(request, tmp_path / "w.log")
         assert w.wait(120) == 0, (tmp_path / "w.log").read_text()[-2000:]
         record = json.loads(result.read_text())
         assert record["outcome"] == "succeeded" and record["tile"] == "r0000c0001"
         assert Path(record["output"]).exists()
         assert '"tile.end"' in (tmp_path / "w.log").read_text()  # its stderr went to its log
+        store = LocalLedgerStore(tmp_path / "out-fs")
+        (own,) = store.records(record["digest"], "r0000c0001")
+        assert (own.attempt, own.strategy, own.writer) == (3, "grow", "worker")
+        assert own.memory == budget_bytes() and store.output_ok(own)
         # a bad tile id: the worker's own one-line error and exit code 2, the server lives on
-        bad = server.spawn(["worker", "--job", str(job), "--tile", "nope"], tmp_path / "b.log")
+        bad = server.spawn(AttemptRequest(tile="nope", job_file=str(job)), tmp_path / "b.log")
         assert bad.wait(60) == 2
         assert "nope" in (tmp_path / "b.log").read_text()
         assert server.proc.poll() is None
@@ -108,14 +126,14 @@ def test_a_forked_worker_can_be_killed_and_dies_with_the_server(tmp_path: Path) 
     job = _job(tmp_path)
     server = ForkServer(job, tmp_path / "server.log")
     # a worker that stays alive: after its tile it waits up to 120 s for a metrics scrape
-    argv = ["worker", "--job", str(job), "--tile", "r0000c0000", "--metrics-linger", "120"]
+    request = AttemptRequest(tile="r0000c0000", job_file=str(job), metrics_linger=120)
     try:
-        w = server.spawn([*argv, "--metrics-port", str(free_port())], tmp_path / "w1.log")
+        w = server.spawn(replace(request, metrics_port=free_port()), tmp_path / "w1.log")
         time.sleep(0.3)
         assert w.poll() is None
         w.kill()
         assert w.wait(30) == -signal.SIGKILL
-        orphan = server.spawn([*argv, "--metrics-port", str(free_port())], tmp_path / "w2.log")
+        orphan = server.spawn(replace(request, metrics_port=free_port()), tmp_path / "w2.log")
         time.sleep(3.0)
         assert orphan.poll() is None and _alive(orphan.pid)
         os.kill(server.proc.pid, signal.SIGKILL)
@@ -140,11 +158,12 @@ def test_a_forked_worker_joins_its_cgroup_before_it_runs(tmp_path: Path) -> None
     try:
         result = tmp_path / "result.json"
         w = server.spawn(
-            ["worker", "--job", str(job), "--tile", "r0000c0000", "--memory", "1Gi",
-             "--result", str(result)],
+            AttemptRequest(
+                tile="r0000c0000", job_file=str(job), memory=1024 * MIB, result_path=str(result)
+            ),
             tmp_path / "w.log",
             cgroup_procs=cg.path / "cgroup.procs",
-        )  # fmt: skip
+        )
         assert w.wait(60) == 3, (tmp_path / "w.log").read_text()[-2000:]
         record = json.loads(result.read_text())
         assert record["outcome"] == "memory"
