@@ -24,7 +24,7 @@ from gisjob_worker import plandesc, policy
 from gisjob_worker.errors import SpecError
 from gisjob_worker.plan import Plan
 from gisjob_worker.quantity import format_bytes
-from gisjob_worker.ranges import compress
+from gisjob_worker.ranges import compress, decode
 from gisjob_worker.spec import GisJob, parse_job
 
 from .kube import Kube
@@ -64,6 +64,8 @@ class JobMemo:
     seq: int = 0
     status: dict[str, Any] | None = None  # the last status this process wrote
     created: dict[str, tuple[float, PodLaunch]] = field(default_factory=dict)
+    # planned tiles the planner found complete in the output location (a resumed job)
+    complete: set[int] = field(default_factory=set)
     # when this process first saw a planner/finalizer pod finished (pods may lack finishedAt)
     seen_finished: dict[str, float] = field(default_factory=dict)
 
@@ -304,7 +306,9 @@ class JobController:
                     f"{len(logged)} bytes, limit {self.ctx.settings.plan_log_limit})"
                 )
         data = plandesc.decode(str(text), record.get("sha256"))
-        return plandesc.from_descriptor(data)
+        plan = plandesc.from_descriptor(data)
+        self.memo.complete = decode(str(data.get("complete") or ""))
+        return plan
 
     def _planning(self, message: str) -> None:
         """Phase Planning (before the first plan) with a Planned=False condition saying why."""
@@ -338,9 +342,16 @@ class JobController:
             "plan": plan_status(plan),
             "conditions": conditions,
             "startTime": self.status.get("startTime") or now_iso(),
-            **progress_status(plan, Progress(), None),
+            **progress_status(plan, Progress(completed=set(self.memo.complete)), None),
         }
         if self.write_status(status):
+            if self.memo.complete:
+                self.event(
+                    "Normal",
+                    "Resumed",
+                    f"{len(self.memo.complete)} of {len(plan.tiles)} tiles are already complete "
+                    "in the output location for this plan: not run again",
+                )
             self.event(
                 "Normal",
                 "Planned",

@@ -311,3 +311,37 @@ def test_operator_process_never_loads_the_data_stack(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_operator_resumes_an_output_location_a_local_run_wrote(tmp_path: Path) -> None:
+    """Tiles whose outputs another run (local or a cluster's workers) completed for the same
+    plan are reported by the planner pod and never run again by the operator."""
+    spec = _spec(tmp_path)
+    doc = {"apiVersion": "gisjob.dev/v1alpha1", "kind": "GisJob", "metadata": {"name": "j"}}
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump({**doc, "spec": spec}))
+    gisjob = Path(sys.executable).parent / "gisjob"
+    for tile in ("r0000c0000", "r0001c0002"):  # what a worker (pod or local) leaves behind
+        run = subprocess.run(
+            [str(gisjob), "worker", "--job", str(job_file), "--tile", tile,
+             "--result", str(tmp_path / f"{tile}.json")],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+    stage = Stage(spec)
+    stage.tick()
+    (planner,) = stage.pods("planner")
+    record, _, code = run_planner(spec, tmp_path)
+    assert code == 0 and record["complete"] == 2
+    stage.finish(planner["metadata"]["name"], exit_code=0, message=json.dumps(record))
+    stage.tick()
+    assert stage.status["completedTiles"] == "0,6"
+    assert any(e[1] == "Resumed" and "2 of 12" in e[2] for e in stage.kube.events)
+    launched: set[str] = set()
+    for _ in range(20):
+        stage.tick()
+        launched |= {p["metadata"]["labels"]["gisjob.dev/tile"] for p in stage.pods("worker")}
+        stage.succeed_workers()
+        if stage.pods("finalizer"):
+            break
+    assert len(launched) == 10 and not launched & {"r0000c0000", "r0001c0002"}

@@ -10,13 +10,27 @@ it fits, so small plans need no log read at all.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
 from ..errors import GisJobError
+from ..ledger import complete_tile_indexes
+from ..ledgerstore import LocalLedgerStore
+from ..plan import Plan
+from ..ranges import encode as encode_ranges
 from .podjob import default_result_path, load_pod_job, write_result_json
 
 INLINE_LIMIT = 3000  # descriptor characters kept inline in the 4 KiB termination message
+
+
+def _complete_in_output(out_dir: str, plan: Plan) -> set[int]:
+    """Planned tiles already complete in the output location for this plan (a run of the
+    same job — local or on a cluster — got there first): the operator skips them."""
+    if not Path(out_dir).is_dir():
+        return set()
+    store = LocalLedgerStore(out_dir)
+    return complete_tile_indexes(plan, store.records(plan.digest), store.output_ok)
 
 
 @click.command()
@@ -45,6 +59,9 @@ def planner(job_file: str | None, result_path: str | None) -> None:
         desc = plandesc.descriptor(
             plan, job.spec.tiling.tile_size, job.spec.tiling.features_per_tile
         )
+        complete = _complete_in_output(job.spec.output.uri, plan)
+        if complete:
+            desc["complete"] = encode_ranges(complete)
         text, sha = plandesc.encode(desc)
     except GisJobError as exc:
         message = " ".join(str(exc).split())
@@ -63,6 +80,7 @@ def planner(job_file: str | None, result_path: str | None) -> None:
         "tiles": len(plan.tiles),
         "sha256": sha,
         "descriptorBytes": len(text),
+        "complete": len(complete),
         "estimatedPeakBytes": plan.max_estimate,
         "memoryRequestBytes": plan.max_request,
         "seconds": round(time.monotonic() - started, 3),
