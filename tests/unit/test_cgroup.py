@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -224,13 +225,14 @@ def _v2_parent(root: Path, subtree: str = "cpu memory pids") -> Path:
     return parent
 
 
-def test_create_child_v2_sets_memory_max_and_no_swap(tmp_path: Path) -> None:
+def test_create_child_v2_sets_memory_max_and_no_swap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "cg"
     parent = _v2_parent(root)
-    (parent / "w1").mkdir()
-    (parent / "w1" / "memory.swap.max").write_text("max\n")  # the kernel creates it
+    FakeCgroupFs(root, 2, monkeypatch)  # the kernel makes memory.swap.max (set to "max")
     cg = create_child("w1", 300 * 2**20, root, V2_TEXT)
-    assert cg == ChildCgroup(2, parent / "w1")
+    assert cg == ChildCgroup(2, parent / "w1", root)
     assert (parent / "w1" / "memory.max").read_text() == str(300 * 2**20)
     assert (parent / "w1" / "memory.swap.max").read_text() == "0"
     cg.add(4242)
@@ -254,22 +256,275 @@ def test_create_child_v2_under_unified_mount(tmp_path: Path) -> None:
     assert cg is not None and cg.version == 2 and cg.path == parent / "w2"
 
 
-def test_create_child_v1_sets_limit_and_memsw(tmp_path: Path) -> None:
+def test_create_child_v1_sets_limit_and_memsw(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "cg"
     parent = root / "memory" / "kubepods" / "burstable" / "pod1" / "abc"
     parent.mkdir(parents=True)
     (parent / "memory.limit_in_bytes").write_text("9223372036854771712\n")
-    (parent / "w1").mkdir()
-    (parent / "w1" / "memory.memsw.limit_in_bytes").write_text("9223372036854771712\n")
+    FakeCgroupFs(root, 1, monkeypatch)  # the kernel makes memory.memsw.limit_in_bytes
     cg = create_child("w1", 2**28, root, V1_TEXT)
     assert cg == ChildCgroup(1, parent / "w1")
     assert (parent / "w1" / "memory.limit_in_bytes").read_text() == str(2**28)
     assert (parent / "w1" / "memory.memsw.limit_in_bytes").read_text() == str(2**28)
-    cg.remove()  # a real cgroup directory is removed with rmdir; here it still has files
+    cg.add(4242)
+    cg.remove()  # a process is still in it: the kernel refuses, remove() does not raise
     assert (parent / "w1").exists()
+    (parent / "w1" / "cgroup.procs").write_text("")  # the process exited
+    cg.remove()
+    assert not (parent / "w1").exists()
 
 
 def test_create_child_without_any_memory_hierarchy_is_none(tmp_path: Path) -> None:
     assert create_child("w", 2**28, tmp_path / "cg", V1_TEXT) is None
     assert create_child("w", 2**28, tmp_path / "cg", V2_TEXT) is None
     assert create_child("w", 2**28, tmp_path / "cg", "") is None
+
+
+# --------------------------------------------------------------- effective (ancestor) limit
+# An ancestor's limit binds every cgroup under it: a pod's limit above a container cgroup
+# with none, a user slice above a session scope.
+
+GIB = 2**30
+V1_NO_LIMIT = "9223372036854771712"
+
+
+def _v1_stat(d: Path, hierarchical: str) -> None:
+    (d / "memory.stat").write_text(
+        f"cache 1234\nrss 5678\nhierarchical_memory_limit {hierarchical}\n"
+        "hierarchical_memsw_limit 9223372036854771712\ntotal_rss 5678\n"
+    )
+
+
+def test_current_v1_limit_is_the_hierarchical_one(tmp_path: Path) -> None:
+    """The container's cgroup has no limit of its own; the pod's cgroup above it does, and
+    v1 reports the smallest along the path in memory.stat."""
+    root = tmp_path / "cg"
+    d = root / "memory" / "kubepods" / "burstable" / "pod1" / "abc"
+    _v1_files(d, limit=V1_NO_LIMIT)
+    _v1_stat(d, str(GIB))
+    got = current(root, _proc(tmp_path, V1_TEXT))
+    assert got is not None and got.limit == GIB
+
+
+@pytest.mark.parametrize(
+    ("own", "hierarchical", "expected"),
+    [
+        (str(2 * GIB), str(GIB), GIB),  # an ancestor's is smaller
+        (str(GIB), str(GIB), GIB),  # its own is the smallest (the kernel reports it too)
+        (str(GIB), V1_NO_LIMIT, GIB),  # hierarchy unlimited (never less than its own really)
+        (V1_NO_LIMIT, V1_NO_LIMIT, None),
+        (str(GIB), None, GIB),  # no memory.stat
+    ],
+)
+def test_read_v1_takes_the_smaller_of_own_and_hierarchical_limits(
+    tmp_path: Path, own: str, hierarchical: str | None, expected: int | None
+) -> None:
+    d = tmp_path / "memory" / "x"
+    _v1_files(d, limit=own)
+    if hierarchical is not None:
+        _v1_stat(d, hierarchical)
+    assert current(tmp_path, _proc(tmp_path, "5:memory:/x\n")) == CgroupMemory(
+        1, d, expected, 123456789, 234567890, 2
+    )
+
+
+def _v2_tree(root: Path, limits: dict[str, str]) -> Path:
+    """The kubepods-like path under ``root`` with ``memory.max`` per level ("max" or bytes);
+    returns the leaf (this process's cgroup)."""
+    (root).mkdir(parents=True, exist_ok=True)
+    (root / "cgroup.controllers").write_text("cpu memory pids\n")
+    node = root
+    for part in ("kubepods.slice", "pod1.slice", "cri-abc.scope"):
+        node = node / part
+        node.mkdir(exist_ok=True)
+        (node / "memory.max").write_text(limits.get(part, "max") + "\n")
+    _v2_files(node, limit=limits.get("cri-abc.scope", "max"))
+    return node
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ({"pod1.slice": str(GIB)}, GIB),  # the pod's limit, the container has none
+        ({"kubepods.slice": str(3 * GIB), "pod1.slice": str(2 * GIB)}, 2 * GIB),
+        ({"kubepods.slice": str(GIB), "cri-abc.scope": str(2 * GIB)}, GIB),
+        ({"cri-abc.scope": str(GIB), "kubepods.slice": str(3 * GIB)}, GIB),
+        ({}, None),
+    ],
+)
+def test_current_v2_limit_is_the_smallest_up_the_path(
+    tmp_path: Path, limits: dict[str, str], expected: int | None
+) -> None:
+    root = tmp_path / "cg"
+    leaf = _v2_tree(root, limits)
+    got = current(root, _proc(tmp_path, V2_TEXT))
+    assert got is not None and got.path == leaf
+    assert got.limit == expected
+
+
+def test_current_v2_walk_stops_at_the_visible_root(tmp_path: Path) -> None:
+    """Above the mount point is not this cgroup's hierarchy (a file there is not read), and
+    under a hybrid's ``unified`` mount the walk ends at that mount."""
+    (tmp_path / "memory.max").write_text("1\n")  # outside the hierarchy: never read
+    root = tmp_path / "cg"
+    (root / "unified").mkdir(parents=True)
+    (root / "memory.max").write_text("2\n")  # above the unified mount: never read
+    leaf = _v2_tree(root / "unified", {"pod1.slice": str(GIB)})
+    got = current(root, _proc(tmp_path, V2_TEXT))
+    assert got is not None and got.path == leaf and got.limit == GIB
+
+
+# ------------------------------------------------------------- a fake kernel for mkdir/rmdir
+# cgroupfs makes a directory's interface files itself and removes a cgroup with rmdir
+# only when no process and no child cgroup is left in it; a plain tmp_path does neither.
+
+
+class FakeCgroupFs:
+    """``mkdir``/``rmdir`` under ``root`` behave as on cgroupfs (v1 or v2)."""
+
+    def __init__(self, root: Path, version: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.root = root
+        self.version = version
+        real_mkdir, real_rmdir = Path.mkdir, Path.rmdir
+        fake = self
+
+        def mkdir(
+            self: Path, mode: int = 0o777, parents: bool = False, exist_ok: bool = False
+        ) -> None:
+            real_mkdir(self, mode, parents, exist_ok)
+            if self.is_relative_to(fake.root) and not (self / "cgroup.procs").exists():
+                fake.populate(self)
+
+        def rmdir(self: Path) -> None:
+            if not self.is_relative_to(fake.root):
+                return real_rmdir(self)
+            busy = (self / "cgroup.procs").exists() and (self / "cgroup.procs").read_text().strip()
+            if busy or any(p.is_dir() for p in self.iterdir()):
+                raise OSError(errno.EBUSY, "Device or resource busy", str(self))
+            for f in self.iterdir():
+                f.unlink()
+            return real_rmdir(self)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+        monkeypatch.setattr(Path, "rmdir", rmdir)
+
+    def populate(self, d: Path) -> None:
+        files = (
+            {
+                "cgroup.procs": "",
+                "memory.max": "max\n",
+                "memory.swap.max": "max\n",
+                "memory.current": "0\n",
+                "memory.peak": "0\n",
+                "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
+            }
+            if self.version == 2
+            else {
+                "cgroup.procs": "",
+                "memory.limit_in_bytes": V1_NO_LIMIT + "\n",
+                "memory.memsw.limit_in_bytes": V1_NO_LIMIT + "\n",
+                "memory.usage_in_bytes": "0\n",
+                "memory.max_usage_in_bytes": "0\n",
+                "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+            }
+        )
+        for name, text in files.items():
+            (d / name).write_text(text)
+
+
+def _leftover(d: Path, *, procs: str = "", oom_kill: int = 5) -> None:
+    """What a runner killed mid-run leaves: its worker's cgroup with that run's counters
+    (and, when the worker outlived it, a process)."""
+    d.mkdir()
+    (d / "memory.events").write_text(f"low 0\nhigh 0\nmax 9\noom 5\noom_kill {oom_kill}\n")
+    (d / "memory.peak").write_text("999999999\n")
+    (d / "memory.oom_control").write_text(f"oom_kill_disable 0\nunder_oom 0\noom_kill {oom_kill}\n")
+    (d / "memory.max_usage_in_bytes").write_text("999999999\n")
+    (d / "cgroup.procs").write_text(procs)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_create_child_makes_a_fresh_cgroup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    root = tmp_path / "cg"
+    if version == 2:
+        parent = _v2_parent(root)
+        text = V2_TEXT
+    else:
+        parent = root / "memory" / "kubepods" / "burstable" / "pod1" / "abc"
+        _v1_files(parent, limit=V1_NO_LIMIT)
+        text = V1_TEXT
+    FakeCgroupFs(root, version, monkeypatch)
+    cg = create_child("w1", 300 * 2**20, root, text)
+    assert cg is not None and cg.path == parent / "w1" and cg.version == version
+    stats = cg.stats()
+    assert (stats.limit, stats.peak, stats.oom_kills) == (300 * 2**20, 0, 0)
+    cg.remove()
+    assert not cg.path.exists()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_leftover_empty_child_is_removed_and_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    """An earlier run with the same name was killed and left its child cgroup, empty: it is
+    made afresh — not reused with that run's peak and OOM kills (a stale oom_kill would
+    make a clean exit look like an OOM kill)."""
+    root = tmp_path / "cg"
+    if version == 2:
+        parent = _v2_parent(root)
+        text = V2_TEXT
+    else:
+        parent = root / "memory" / "kubepods" / "burstable" / "pod1" / "abc"
+        _v1_files(parent, limit=V1_NO_LIMIT)
+        text = V1_TEXT
+    FakeCgroupFs(root, version, monkeypatch)
+    _leftover(parent / "w1")
+    cg = create_child("w1", 2**28, root, text)
+    assert cg is not None and cg.path == parent / "w1"
+    stats = cg.stats()
+    assert (stats.limit, stats.peak, stats.oom_kills) == (2**28, 0, 0)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_leftover_child_in_use_is_left_alone_and_a_new_name_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    """The leftover still holds a process (a worker that outlived its runner), or a cgroup
+    of its own: it cannot be removed and must not be shared; a fresh name is used."""
+    root = tmp_path / "cg"
+    if version == 2:
+        parent = _v2_parent(root)
+        text = V2_TEXT
+    else:
+        parent = root / "memory" / "kubepods" / "burstable" / "pod1" / "abc"
+        _v1_files(parent, limit=V1_NO_LIMIT)
+        text = V1_TEXT
+    FakeCgroupFs(root, version, monkeypatch)
+    _leftover(parent / "w1", procs="4242\n")
+    _leftover(parent / "w2")
+    (parent / "w2" / "nested").mkdir()
+    for name in ("w1", "w2"):
+        cg = create_child(name, 2**28, root, text)
+        assert cg is not None and cg.path.parent == parent
+        assert cg.path.name.startswith(f"{name}-") and cg.path.name != name
+        stats = cg.stats()
+        assert (stats.limit, stats.peak, stats.oom_kills) == (2**28, 0, 0)
+    assert (parent / "w1" / "cgroup.procs").read_text() == "4242\n"  # untouched
+    assert (parent / "w2" / "nested").is_dir()
+
+
+def test_child_stats_report_the_parents_smaller_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child asked for more than its parent allows is bound by the parent: its stats say
+    so (v2 walks up to the mount; v1 reports the hierarchy's limit)."""
+    root = tmp_path / "cg"
+    parent = _v2_parent(root)
+    (parent / "memory.max").write_text(f"{GIB}\n")
+    FakeCgroupFs(root, 2, monkeypatch)
+    cg = create_child("big", 4 * GIB, root, V2_TEXT)
+    assert cg is not None and cg.stats().limit == GIB
