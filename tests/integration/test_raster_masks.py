@@ -233,6 +233,75 @@ def test_mask_band_and_nodata_both_apply(tmp_path: Path) -> None:
     assert np.all(got[1, 100:140][shown] != NODATA_OUT)
 
 
+# ------------------------------------------------------------------------ memory
+
+
+@pytest.mark.parametrize("kind", ["alpha", "internal-mask-and-nodata"])
+def test_masked_reads_stay_within_the_estimate(tmp_path: Path, kind: str) -> None:
+    """The mask planes are counted: a streamed tile of a masked file peaks below its estimate
+    and its budget."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from worker_helpers import budget_mib, run_worker
+
+    edge = 3072
+    rng = np.random.default_rng(10)
+    prof: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": edge,
+        "height": edge,
+        "crs": "EPSG:32632",
+        "transform": from_origin(500_000, 5_000_000, 10, 10),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+    }
+    src = tmp_path / "in.tif"
+    rows, cols = np.mgrid[0:256, 0:edge]
+    if kind == "alpha":
+        prof.update(count=4, dtype="uint8", photometric="RGB", alpha="YES")
+    else:
+        prof.update(count=3, dtype="uint16", nodata=0)
+    with (
+        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+        rasterio.open(src, "w", **prof) as dst,
+    ):
+        for r0 in range(0, edge, 256):
+            values = rng.integers(0, 250, size=(3, 256, edge)).astype(prof["dtype"])
+            shown = ((rows + r0) // 97 + cols // 89) % 3 != 0
+            window = ((r0, r0 + 256), (0, edge))
+            dst.write(values, [1, 2, 3], window=window)
+            if kind == "alpha":
+                dst.write(np.where(shown, 255, 0).astype(np.uint8), 4, window=window)
+            else:
+                dst.write_mask(np.where(shown, 255, 0).astype(np.uint8), window=window)
+    with rasterio.open(src) as ds:
+        assert "per_dataset" in [f.name for f in ds.mask_flag_enums[0]]
+    budget = budget_mib("raster", 4, 24)
+    job = write_job(
+        tmp_path / "job.yaml",
+        job_doc(
+            "mem",
+            {"uri": str(src)},
+            {"name": "scale", "params": {"bands": [1, 2, 3], "scale": 0.5}},
+            {"uri": str(tmp_path / "out"), "format": "GTiff"},
+            tiling={"tileSize": 8192},
+            resources={"memory": budget, "gdalCacheMax": "4Mi"},
+        ),
+    )
+    plan = run_cli("plan", str(job), "--json")
+    assert plan.code == 0, plan.stderr
+    (tile,) = json.loads(plan.stdout)["tiles"]
+    assert tile["chunks"] >= 4
+    run = run_worker(job, tile["id"])
+    assert run.code == 0, run.stderr[-2000:]
+    rec = run.record
+    assert rec is not None and rec["chunks"] == tile["chunks"]
+    assert rec["peakRssBytes"] <= tile["estimatedPeakBytes"], "the model under-predicted"
+    assert rec["peakRssBytes"] <= int(budget.removesuffix("Mi")) * 2**20, "over the budget"
+
+
 # ------------------------------------------------- third-party operations, first interface
 
 LEGACY_OPERATION = '''
