@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -522,11 +523,13 @@ def test_band_masks_follow_gdal_mask_flags() -> None:
             [MaskFlags.per_dataset, MaskFlags.alpha],
             [MaskFlags.per_dataset],
             [],  # a mask band of the band's own
+            [MaskFlags.per_dataset, MaskFlags.nodata],  # GDAL_METADATA NODATA_VALUES
         )
-        nodatavals = (None, 0.0, None, 7.0, None)
+        nodatavals = (None, 0.0, None, 7.0, None, None)
 
-    masks = band_masks(FakeDataset(), [5, 4, 3, 2, 1])
+    masks = band_masks(FakeDataset(), [6, 5, 4, 3, 2, 1])
     assert masks == [
+        BandMask(None, "dataset"),  # GDAL computes the all-bands-nodata mask
         BandMask(None, "band"),
         BandMask(7.0, "dataset"),  # a mask band and nodata: both apply
         BandMask(None, "dataset"),
@@ -577,7 +580,10 @@ def test_chunk_valid_nodata_in_the_bands_own_type() -> None:
         [[False, True, True]]
     ]
     assert chunk_valid((1,), [BandMask(0.1, None)], f, never).tolist() == [[[True, True, False]]]
-    # a nodata no uint8 pixel can hold masks nothing (and does not overflow)
+    # a nodata no pixel of the type can hold masks nothing (and does not overflow)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert chunk_valid((1,), [BandMask(1e300, None)], f, never).all()
     for nd in (-1.0, 256.0, 0.5, float("nan")):
         assert chunk_valid((1,), [BandMask(nd, None)], u, never).all()
     assert chunk_valid((1,), [BandMask(255.0, None)], u, never).tolist() == [[[True, False, True]]]

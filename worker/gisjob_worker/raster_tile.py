@@ -56,10 +56,12 @@ def band_masks(ds: Any, bands: list[int] | tuple[int, ...]) -> list[BandMask]:
         flags = set(ds.mask_flag_enums[b - 1])
         nodata = ds.nodatavals[b - 1]
         read: Literal["dataset", "band"] | None
-        if MaskFlags.all_valid in flags or MaskFlags.nodata in flags:
-            read = None  # nothing, or exactly the nodata comparison
-        elif MaskFlags.per_dataset in flags:  # alpha, internal mask, .msk
+        if MaskFlags.all_valid in flags:
+            read = None
+        elif MaskFlags.per_dataset in flags:  # alpha, internal mask, .msk, NODATA_VALUES
             read = "dataset"
+        elif MaskFlags.nodata in flags:
+            read = None  # exactly the nodata comparison, done on the values read
         else:  # a mask band of its own
             read = "band"
         masks.append(BandMask(None if nodata is None else float(nodata), read))
@@ -89,6 +91,9 @@ def _not_nodata(values: np.ndarray, nodata: float, out: np.ndarray) -> None:
             out.fill(True)  # no pixel of this type can hold it
             return
         np.not_equal(values, dt.type(int(nodata)), out=out)
+        return
+    if math.isfinite(nodata) and abs(nodata) > float(np.finfo(dt).max):
+        out.fill(True)  # beyond the type's range: no pixel holds it (GDAL's rule too)
         return
     np.not_equal(values, dt.type(nodata), out=out)
 
