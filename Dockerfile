@@ -99,7 +99,10 @@ COPY --from=builder /wheels/operator-deps /wheels/operator-deps
 RUN python3 -m venv /opt/gisjob \
     && /opt/gisjob/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \
         /wheels/operator-deps/*.whl \
-    && /opt/gisjob/bin/pip uninstall --yes --disable-pip-version-check pip setuptools
+    && /opt/gisjob/bin/pip uninstall --yes --disable-pip-version-check pip setuptools \
+    && rm -rf /opt/gisjob/lib/python3*/site-packages/kubernetes/aio
+# (kubernetes ships an asyncio copy of its whole client, 68 MB, that neither kopf nor the
+# operator's synchronous client imports)
 
 FROM operator-deps AS operator-app
 COPY --from=builder /wheels/app /wheels/app
