@@ -250,10 +250,11 @@ def _slow_job(tmp_path: Path, name: str) -> Path:
 
 
 def _wait_for_tiles(out: Path, n: int, timeout: float = 120) -> None:
-    journal = out / ".gisjob" / "journal.jsonl"
+    """Until ``n`` tiles have a ledger record (the workers write them as they finish)."""
+    ledger = out / ".gisjob" / "ledger"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if journal.exists() and len(journal.read_text().splitlines()) >= n:
+        if ledger.is_dir() and len(list(ledger.glob("*/*.json"))) >= n:
             return
         time.sleep(0.05)
     raise AssertionError(f"fewer than {n} tiles finished in {timeout}s")
