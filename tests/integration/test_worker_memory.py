@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from worker_helpers import (
@@ -24,10 +25,11 @@ MIB = 1024**2
 pytestmark = pytest.mark.slow
 
 
-def _plan(job: Path) -> dict:  # type: ignore[type-arg]
+def _plan(job: Path) -> dict[str, Any]:
     run = run_cli("plan", str(job), "--json")
     assert run.code == 0, run.stderr
-    return json.loads(run.stdout)
+    plan: dict[str, Any] = json.loads(run.stdout)
+    return plan
 
 
 def test_raster_peak_is_flat_across_input_sizes(tmp_path: Path) -> None:
@@ -146,10 +148,14 @@ def test_guard_reads_its_cgroup_limit_and_exits_3_before_the_kernel_kills(raster
     assert stats.oom_kills == 0  # type: ignore[attr-defined]
 
 
+MAX_OVER_PREDICTION = 2.5  # estimate / measured peak; measured today: 1.5-2.1x
+
+
 @pytest.mark.parametrize("job_name", ["scale", "ndvi", "expression", "filter"])
 def test_memory_model_never_under_predicts(tmp_path: Path, job_name: str) -> None:
-    """Real tiles of each demo job: measured peak RSS ≤ estimate; the over-prediction is
-    reported (run pytest with -s to see it)."""
+    """Real tiles of each demo job: measured peak RSS ≤ estimate, and not far below it —
+    every byte over-predicted is requested from the cluster and sits unused, so a model
+    that over-predicts 10x fails too. The over-prediction is reported (pytest -s)."""
     from gisjob_worker.demo import write_demo
 
     write_demo(
@@ -162,9 +168,12 @@ def test_memory_model_never_under_predicts(tmp_path: Path, job_name: str) -> Non
         assert run.code == 0, run.stderr
         assert run.record is not None
         peak, est = run.record["peakRssBytes"], tile["estimatedPeakBytes"]
-        assert peak <= est, f"{job_name} {tile['id']}: peak {peak} > estimate {est}"
-        assert run.record["peakRssBytes"] <= tile["memoryRequestBytes"]
-        print(
+        ratio = est / peak
+        said = (
             f"{job_name} {tile['id']}: peak {peak / MIB:.0f} MiB, estimate {est / MIB:.0f} "
-            f"MiB, over-prediction {est / peak:.2f}x"
+            f"MiB, over-prediction {ratio:.2f}x"
         )
+        assert peak <= est, f"under-predicted: {said}"
+        assert ratio <= MAX_OVER_PREDICTION, f"over-predicted beyond {MAX_OVER_PREDICTION}x: {said}"
+        assert run.record["peakRssBytes"] <= tile["memoryRequestBytes"]
+        print(said)
