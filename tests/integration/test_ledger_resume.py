@@ -37,7 +37,8 @@ def _job(tmp_path: Path, name: str = "lg", tile: int = 1024, **spec: Any) -> Pat
 
 
 def _manifest(out: Path) -> dict[str, Any]:
-    return json.loads((out / "manifest.json").read_text())
+    data: dict[str, Any] = json.loads((out / "manifest.json").read_text())
+    return data
 
 
 def _records(out: Path) -> list[LedgerRecord]:
@@ -58,11 +59,13 @@ def _mosaic(out: Path) -> np.ndarray:
     import rasterio
 
     with rasterio.open(out / "mosaic.vrt") as ds:
-        return ds.read()
+        data: np.ndarray = ds.read()
+    return data
 
 
 def _summary(report: Path) -> dict[str, Any]:
-    return json.loads((report / "summary.json").read_text())
+    data: dict[str, Any] = json.loads((report / "summary.json").read_text())
+    return data
 
 
 def _as_pod(job: Path, tile: str, attempt: int = 0) -> None:
