@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -205,8 +206,17 @@ def test_rejected_expression_is_never_evaluated(
     import builtins
 
     real_eval, real_exec = builtins.eval, builtins.exec
-    monkeypatch.setattr(builtins, "eval", lambda *a, **k: calls.append("eval") or real_eval(*a))
-    monkeypatch.setattr(builtins, "exec", lambda *a, **k: calls.append("exec") or real_exec(*a))
+
+    def recording_eval(*args: Any, **kwargs: Any) -> Any:
+        calls.append("eval")
+        return real_eval(*args, **kwargs)
+
+    def recording_exec(*args: Any, **kwargs: Any) -> None:
+        calls.append("exec")
+        real_exec(*args, **kwargs)
+
+    monkeypatch.setattr(builtins, "eval", recording_eval)
+    monkeypatch.setattr(builtins, "exec", recording_exec)
     for text in attempts:
         with pytest.raises(UnsafeExpression):
             parse_expression(text)
