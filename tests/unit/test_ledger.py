@@ -5,8 +5,10 @@ superseded. Outputs are checked through an injected ``output_ok``: no files here
 from __future__ import annotations
 
 import json
+import signal
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,7 @@ from gisjob_worker.ledger import (
     superseded_outputs,
 )
 from gisjob_worker.plan import Plan, Tile, make_raster_tile, make_vector_tile
+from gisjob_worker.supervisor import Kill, classify_exit, read_vmstat_oom_kills
 from gisjob_worker.tiles import feature_ranges, raster_grid
 
 DIGEST = "d1g3st0000000001"
@@ -393,3 +396,54 @@ def test_superseded_outputs_are_owned_ones_the_final_manifest_does_not_list() ->
 def test_tile_counts() -> None:
     entries = [TileEntry("a", "succeeded"), TileEntry("b", "split"), TileEntry("c", "failed")]
     assert ledger.tile_counts(entries) == {"succeeded": 1, "failed": 1, "pending": 0, "split": 1}
+
+
+# ---------------------------------------------------------------- kills, as recorded
+
+
+@pytest.mark.parametrize(
+    ("code", "cgroup", "before", "after", "expected"),
+    [
+        (0, None, None, None, Kill(0)),
+        (3, 0, 5, 5, Kill(3)),
+        (-signal.SIGKILL, 1, None, None, Kill(137, oom_killed=True)),
+        (-signal.SIGKILL, 0, 5, 9, Kill(137, disrupted=True)),  # the cgroup's word wins
+        (-signal.SIGKILL, None, 5, 6, Kill(137, oom_killed=True)),  # no cgroup: the kernel's
+        (-signal.SIGKILL, None, 5, 5, Kill(137, disrupted=True)),
+        (-signal.SIGKILL, None, None, None, Kill(137, disrupted=True)),  # nothing confirms
+        (-signal.SIGSEGV, 1, None, None, Kill(139)),  # a crash is an error, not an OOM
+    ],
+)
+def test_only_a_confirmed_oom_kill_is_a_memory_failure(
+    code: int, cgroup: int | None, before: int | None, after: int | None, expected: Kill
+) -> None:
+    kill = classify_exit(code, cgroup_oom_kills=cgroup, vmstat_before=before, vmstat_after=after)
+    assert kill == expected
+    attempt = policy.Attempt(
+        "t", 0, 100, 1.0, "initial", kill.exit_code, kill.oom_killed, kill.disrupted
+    )
+    if kill.oom_killed:
+        assert attempt.failure == "memory"
+    elif kill.disrupted:
+        assert attempt.failure == "disruption"
+
+
+def test_a_disrupted_attempt_relaunches_as_it_was() -> None:
+    config = policy.PolicyConfig(backoff_limit=0, strategies=("grow",), max_memory=None)
+    tile = RASTER.tiles[0]
+    first = policy.Launch(tile, 0, 1000 * 2**20, 1.0, "initial")
+    kill = classify_exit(-signal.SIGKILL, cgroup_oom_kills=0, vmstat_before=0, vmstat_after=0)
+    attempt = policy.Attempt(
+        tile.id, 0, first.memory, 1.0, "initial", kill.exit_code, kill.oom_killed, kill.disrupted
+    )
+    decision = policy.decide(RASTER, tile, [attempt], config)
+    assert decision == policy.Launch(tile, 1, first.memory, 1.0, "disrupted")
+
+
+def test_vmstat_oom_kill_counter(tmp_path: Path) -> None:
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("nr_free_pages 1\noom_kill 42\nnr_foo 3\n")
+    assert read_vmstat_oom_kills(vmstat) == 42
+    vmstat.write_text("nr_free_pages 1\n")
+    assert read_vmstat_oom_kills(vmstat) is None
+    assert read_vmstat_oom_kills(tmp_path / "missing") is None

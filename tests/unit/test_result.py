@@ -154,3 +154,36 @@ def test_write_result_to_a_device_writes_directly() -> None:
     # /dev/null is not a regular file: written in place (a temp file in /dev would fail)
     write_result(record(), "/dev/null")
     assert not [p for p in os.listdir("/dev") if p.startswith(".null.")]
+
+
+def test_job_and_digest_travel_in_the_record() -> None:
+    rec = record(job="s2-ndvi", digest="f62fb53e276cf852")
+    data = json.loads(rec.to_json())
+    assert data["job"] == "s2-ndvi" and data["digest"] == "f62fb53e276cf852"
+    assert ResultRecord.from_json(rec.to_json()) == rec
+    huge = record(job="j" * 63, digest="d" * 16, outcome="error", exitCode=1, error="x" * 9000)
+    assert len(huge.to_json().encode()) <= MAX_BYTES
+    assert json.loads(huge.to_json())["digest"] == "d" * 16  # never shortened
+
+
+def test_temporary_names_do_not_come_from_the_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pod is pid 1: two writers on a shared volume must not share a temporary."""
+    from gisjob_worker import outputs
+
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    used: list[str] = []
+    real_replace = os.replace
+
+    def spy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        used.append(Path(src).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    path = tmp_path / "result.json"
+    write_result(record(chunks=1), path)
+    write_result(record(chunks=2), path)
+    assert len(set(used)) == 2
+    assert all(outputs.is_temp_name(name) for name in used)  # a random token, not "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
