@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from gisjob_worker import result as result_mod
 from gisjob_worker.result import MAX_BYTES, ResultRecord, write_result
 
 
@@ -144,7 +143,7 @@ def test_write_result_failure_leaves_previous_file(
     def broken_replace(src: object, dst: object) -> None:
         raise OSError("disk gone")
 
-    monkeypatch.setattr(result_mod.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk gone"):
         write_result(record(chunks=2), path)
     assert json.loads(path.read_text())["chunks"] == 1
