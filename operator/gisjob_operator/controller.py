@@ -400,7 +400,17 @@ class JobController:
     # ----------------------------------------------------------------------- running
 
     def _views(self) -> list[PodView]:
-        views = [v for v in (pod_view(p) for p in self.pods) if v is not None]
+        first_seen = self.memo.seen_finished
+        names = {p["metadata"]["name"] for p in self.pods}
+        for gone in [n for n in first_seen if n not in names]:
+            del first_seen[gone]
+        views = []
+        for p in self.pods:
+            finished = (p.get("status") or {}).get("phase") in FINISHED_PHASES
+            name = p["metadata"]["name"]
+            view = pod_view(p, first_seen.setdefault(name, self.now) if finished else None)
+            if view is not None:
+                views.append(view)
         seen = {v.name for v in views}
         grace = self.ctx.settings.created_grace_seconds
         for name, (at, launch) in list(self.memo.created.items()):

@@ -371,7 +371,7 @@ def test_model_level_params_error_keeps_field_path_separator(
 ) -> None:
     path = write_job(job_doc(operation=operation))
     msg = _error(path)
-    assert msg.startswith(f"{path}: spec.operation.params: nodata "), msg
+    assert msg.startswith(f"{path}: spec.operation.params.nodata: nodata "), msg
 
 
 def test_raster_format_for_vector_op(job_doc: JobDoc, write_job: WriteJob) -> None:
