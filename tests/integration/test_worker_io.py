@@ -98,9 +98,9 @@ def test_scale_with_integer_output_streams_many_chunks_equal_reference(tmp_path:
         full = ds.read([3, 1]).astype(np.float32)
         nd = ds.nodata
         raw = ds.read([3, 1])
-    valid = (raw[0] != nd) & (raw[1] != nd)
+    valid = raw != nd  # per band: each output band keeps its own input band's nodata
     expected = np.clip(np.rint(np.clip(full * 0.02 + 3, 0, 200)), 0, 255).astype(np.uint8)
-    expected[:, ~valid] = 255
+    expected[~valid] = 255
     np.testing.assert_array_equal(out, expected)
     assert profile["nodata"] == 255
     assert profile["count"] == 2
@@ -183,7 +183,7 @@ def test_sigkill_mid_write_leaves_no_final_file_and_rerun_completes(tmp_path: Pa
 
     with rasterio.open(src) as ds:
         ref = ds.read()
-        valid = np.all(ref != ds.nodata, axis=0)
+        valid = ref != ds.nodata  # per band
     expected = np.where(valid, ref.astype(np.float64) * 0.0001, -9999.0)
     np.testing.assert_array_equal(out, expected)
 
@@ -218,6 +218,10 @@ def test_sigterm_removes_temporaries_and_exits_retryable(tmp_path: Path) -> None
     record = json.loads(out.strip().splitlines()[-1])
     assert record["outcome"] == "error" and "SIGTERM" in record["error"]
     assert not any(tiles.iterdir()), "temporaries left behind"
+    from gisjob_worker.ledgerstore import LocalLedgerStore
+
+    (own,) = LocalLedgerStore(tmp_path / "out").records(record["digest"], "r0000c0000")
+    assert (own.exit_code, own.outcome, own.output) == (143, "error", None)
 
 
 def test_result_record_file_and_job_from_environment(tmp_path: Path) -> None:
@@ -229,12 +233,15 @@ def test_result_record_file_and_job_from_environment(tmp_path: Path) -> None:
         {"uri": str(tmp_path / "out"), "format": "GTiff"},
     )
     result = tmp_path / "termination-log"
-    run = run_cli(
-        "worker",
-        "--tile",
-        "r0000c0000",
-        env={"GISJOB_JOB": yaml.safe_dump(doc), "GISJOB_RESULT_PATH": str(result)},
-    )
+    env = {
+        "GISJOB_JOB": yaml.safe_dump(doc),
+        "GISJOB_RESULT_PATH": str(result),
+        "GISJOB_ATTEMPT": "4",
+        "GISJOB_STRATEGY": "grow",
+        "GISJOB_MEMORY": "300Mi",
+        "GISJOB_POD_NAME": "env-r0000c0000-4",
+    }
+    run = run_cli("worker", "--tile", "r0000c0000", env=env)
     assert run.code == 0, run.stderr
     text = result.read_text()
     assert len(text.encode()) <= 4096
@@ -244,6 +251,16 @@ def test_result_record_file_and_job_from_environment(tmp_path: Path) -> None:
         assert key in rec
     assert rec["bytesRead"] == 256 * 256 * 2 * 2
     assert rec["bytesWritten"] == Path(rec["output"]).stat().st_size
+    assert rec["job"] == "env" and len(rec["digest"]) == 16
+    # the worker recorded its own outcome in the output location's ledger
+    from gisjob_worker.ledgerstore import LocalLedgerStore
+
+    store = LocalLedgerStore(tmp_path / "out")
+    (own,) = store.records(rec["digest"])
+    assert (own.tile, own.attempt, own.strategy, own.writer) == ("r0000c0000", 4, "grow", "worker")
+    assert (own.pod, own.memory, own.exit_code) == ("env-r0000c0000-4", 300 * 2**20, 0)
+    assert own.output == "tiles/r0000c0000.tif" and own.bytes == rec["bytesWritten"]
+    assert store.output_ok(own)
 
 
 def test_metrics_served_while_running_and_pushed_at_exit(tmp_path: Path) -> None:
