@@ -6,21 +6,29 @@ end. It is a benchmark, not a test: it prints tables and PASS/MISS lines, never 
 
 1. **Status size at 100,000 tiles**, no cluster: a real 100,000-tile plan (a sparse GeoTIFF
    with 16-pixel blocks, ``tileSize: 32``, so tiles can split) driven through the real
-   ``JobController`` with an offline ``Kube`` that records the status patches: the status
-   right after planning, a realistic mid-run state (60 % done, holes, failures, a split in
-   progress, 50 pods alive) and the final one (manifest and mosaic written). Tick times at
-   that size come for free.
+   ``JobController`` with an offline ``Kube`` that records the status patches and created
+   pods. The plan is primed in the controller's memo (as once its planner pod has
+   reported; decoding the planner's descriptor is timed separately). Statuses: right after
+   planning, a realistic mid-run state (60 % done, holes, failures, a split in progress, 50
+   pods alive), the tick that sees the last tile and starts the finalizer pod (phase
+   Running, Finalizing) and the final one, after a simulated finalizer pod succeeded with
+   the result record ``gisjob finalize`` leaves. Tick times at that size come for free.
+   Then what the finalizer pod does with the ledger (every record read, ``LedgerView`` +
+   ``gisjob_worker.ledger.manifest_entries``) at 1,000/2,000/4,000 tiles, and how it grows.
 2. **A GisJob through the real operator** (``gisjob-operator run --namespace NS`` with the
    ``deploy/rbac.yaml`` ServiceAccount identity, status interval 2 s), in two variants:
 
    * ``real``: ``gisjob worker`` pods on 64x64 tiles (200 by default). Every tile costs a
      Python interpreter start (~0.5-1 CPU-s), so this measures the workers, on 2 cores;
-   * ``noop``: 2,000 tiles whose worker image the test kubelet maps to a stand-in shell
-     script that writes a result record like the worker's (and an empty tile file) and
-     exits 0. Pods are bound, started, reported and deleted like any pod: this measures the
-     control plane (operator + API server + kubelet), not GDAL.
+   * ``noop``: 2,000 tiles whose image the test kubelet maps to a shell script: planner and
+     finalizer pods run the real ``gisjob planner``/``gisjob finalize``; a worker pod writes
+     what ``gisjob worker`` leaves (tile file, ledger record, result record) in plain sh and
+     exits 0, so the finalizer's ledger check passes. Pods are bound, started, reported and
+     deleted like any pod: this measures the control plane (operator + API server +
+     kubelet), not GDAL.
 
-   Reported per variant: tiles/min (apply to phase Succeeded), API requests per tile from
+   Reported per variant: tiles/min (apply to phase Succeeded, planner and finalizer pods
+   included; and between 10 % and 90 % of the tiles), API requests per tile from
    the API server's ``apiserver_request_total`` (before/after, by verb/resource/code) with
    each row attributed to a client, the operator's own ``gisjob_operator_api_requests_total``,
    the final status size, the operator's peak RSS (sampled + VmHWM) and the CPU seconds of
@@ -161,16 +169,51 @@ def job_doc(
     }
 
 
-# The stand-in worker of the noop variant: what `gisjob worker` leaves behind (a result
-# record of the same shape in the termination-message file, a tile file) without Python.
-NOOP_SCRIPT = """#!/bin/sh
-# bench/operator.py noop worker: result record + empty tile file, exit 0
-out="$BENCH_TILES/$GISJOB_TILE.tif"
-mkdir -p "$BENCH_TILES" && : > "$out" || exit 1
+# The noop image: the kubelet runs `sh -c NOOP_SCRIPT` + the container's command, so $0 is
+# `gisjob` and $1 the subcommand. Planner and finalizer pods run the real `gisjob` (the
+# finalizer checks the ledger these workers leave); a worker pod writes what `gisjob worker`
+# leaves behind — the tile file, its ledger record (LedgerRecord v1, writer "worker", keyed
+# by the plan digest the operator gives the pod in GISJOB_PLAN_DIGEST, size and mtime of
+# the tile file) and the result record in the termination-message file — in plain sh with
+# one `stat` as its only child process (no Python start per pod: that is the point).
+# Records are written in place, not temp + rename: the finalizer reads them only after every
+# worker pod has ended. The job name comes from the pod name (<job>-<tile>-<attempt>); the
+# attempt and strategy default as in `gisjob worker` (GISJOB_ATTEMPT, GISJOB_STRATEGY).
+NOOP_SCRIPT = """\
+case "$1" in
+planner | finalize) exec "$BENCH_GISJOB" "$@" ;;
+worker) ;;
+*) echo "bench noop image: unexpected command: $0 $*" >&2; exit 2 ;;
+esac
+tile=$GISJOB_TILE digest=$GISJOB_PLAN_DIGEST pod=$GISJOB_POD_NAME
+if [ -z "$tile" ] || [ -z "$digest" ] || [ -z "$BENCH_OUT" ]; then
+  echo "bench noop worker: GISJOB_TILE, GISJOB_PLAN_DIGEST or BENCH_OUT not set" >&2
+  exit 1
+fi
+attempt=${GISJOB_ATTEMPT:-0} strategy=${GISJOB_STRATEGY:-initial}
+job=${pod%?"$tile"-*}
+rel="tiles/$tile.tif"
+ledger="$BENCH_OUT/.gisjob/ledger/$digest"
+[ -d "$ledger" ] || mkdir -p "$ledger" "$BENCH_OUT/tiles" || exit 1
+printf 'gisjob-noop tile %s\n' "$tile" > "$BENCH_OUT/$rel" || exit 1
+st=$(stat -c '%s %.9Y' "$BENCH_OUT/$rel") || exit 1
+set -- $st
+size=$1 sec=${2%.*} nsec=${2#*.}
+IFS=- read -r u1 u2 u3 u4 u5 < /proc/sys/kernel/random/uuid || exit 1
+printf '{"v":1,"job":"%s","digest":"%s","tile":"%s","attempt":%s,"strategy":"%s",\
+"memory":%s,"chunkScale":%s,"exitCode":0,"oomKilled":false,"disrupted":false,\
+"outcome":"succeeded","output":"%s","bytes":%s,"mtimeNs":%s%s,"peakRssBytes":104857600,\
+"cgroupPeakBytes":110100480,"estimatedPeakBytes":143654912,"memoryBudgetBytes":%s,\
+"chunks":1,"bytesRead":8192,"bytesWritten":%s,"seconds":0.01,"writer":"worker",\
+"pod":"%s","recordedAt":%s.%s}\\n' "$job" "$digest" "$tile" "$attempt" "$strategy" \
+  "$GISJOB_MEMORY" "${GISJOB_CHUNK_SCALE:-1.0}" "$rel" "$size" "$sec" "$nsec" \
+  "$GISJOB_MEMORY" "$size" "$pod" "$sec" "$nsec" \
+  > "$ledger/$tile.$attempt.$u1$u2$u3$u4$u5.json" || exit 1
 printf '{"tile":"%s","outcome":"succeeded","exitCode":0,"peakRssBytes":104857600,\
 "cgroupPeakBytes":110100480,"memoryBudgetBytes":%s,"estimatedPeakBytes":143654912,\
-"chunks":1,"bytesRead":8192,"bytesWritten":16384,"seconds":0.01,"output":"%s"}' \
-  "$GISJOB_TILE" "$GISJOB_MEMORY" "$out" > "$GISJOB_RESULT_PATH"
+"chunks":1,"bytesRead":8192,"bytesWritten":%s,"seconds":0.01,"output":"%s",\
+"job":"%s","digest":"%s"}' \
+  "$tile" "$GISJOB_MEMORY" "$size" "$BENCH_OUT/$rel" "$job" "$digest" > "$GISJOB_RESULT_PATH"
 """
 
 
@@ -711,12 +754,16 @@ class ClusterBench:
 
         images = self.state / "images.json"
         self.state.mkdir(parents=True, exist_ok=True)
-        # the script inline (`sh -c SCRIPT noop gisjob worker`): a script *path* in argv
-        # would be rewritten by the kubelet's path translation if it lay under a mount path
+        # the script inline (`sh -c SCRIPT gisjob worker`: $0 gisjob, $1 the subcommand): a
+        # script *path* in argv would be rewritten by the kubelet's path translation if it
+        # lay under a mount path
         rule = {
             "match": NOOP_IMAGE,
-            "commandPrefix": ["/bin/sh", "-c", NOOP_SCRIPT, "noop-worker"],
-            "env": {"BENCH_TILES": str(self.state / "noop" / "out" / "tiles")},
+            "commandPrefix": ["/bin/sh", "-c", NOOP_SCRIPT],
+            "env": {
+                "BENCH_GISJOB": str(BIN / "gisjob"),
+                "BENCH_OUT": str(self.state / "noop" / "out"),
+            },
         }
         images.write_text(json.dumps({"images": [rule]}))
         t0 = time.monotonic()
@@ -784,7 +831,7 @@ class ClusterBench:
             timeline: list[tuple[float, int]] = []
             status: dict[str, Any] = {}
             phase = None
-            first_pod = None
+            first_pod = planned = finalizing = None
             while time.monotonic() - t0 < v.timeout:
                 time.sleep(0.5)
                 obj = custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, v.name)
@@ -792,8 +839,14 @@ class ClusterBench:
                 status = obj.get("status") or {}
                 done = int((status.get("tiles") or {}).get("succeeded") or 0)
                 running = int((status.get("tiles") or {}).get("running") or 0)
+                if planned is None and status.get("plan"):  # the planner pod has reported
+                    planned = time.monotonic() - t0
                 if first_pod is None and (running or done):
                     first_pod = time.monotonic() - t0
+                if finalizing is None and any(  # every tile resolved: the finalizer pod runs
+                    c.get("reason") == "Finalizing" for c in status.get("conditions") or []
+                ):
+                    finalizing = time.monotonic() - t0
                 timeline.append((time.monotonic() - t0, done))
                 phase = status.get("phase")
                 if phase in ("Succeeded", "Failed"):
@@ -814,6 +867,7 @@ class ClusterBench:
             cpu1 = {n: cpu_seconds(pids.get(n)) for n in COMPONENTS}
             cpu1["operator"] = cpu_seconds(op.pid)
             hwm = vm_hwm(op.pid)
+            op_tail = "" if phase == "Succeeded" else op.tail(6000)
         finally:
             op.stop()
         manifest: dict[str, Any] = {}
@@ -841,7 +895,10 @@ class ClusterBench:
             "parallelism": v.parallelism,
             "phase": phase,
             "wall_seconds": round(wall, 2),
+            "planned_seconds": planned,
             "first_pod_seconds": first_pod,
+            "finalizing_seconds": finalizing,
+            "operator_log_tail": op_tail,
             "timeline": timeline,
             "pods_left": left,
             "status": status,
@@ -936,16 +993,26 @@ def print_variant(r: dict[str, Any], s: dict[str, Any], interval: float) -> None
         f"status interval {interval:g} s"
     )
     steady = s["steady_tiles_per_min"]
+
+    def at(key: str) -> str:
+        value = r.get(key)
+        return "never" if value is None else f"{value:.1f} s"
+
     log(
-        f"phase {r['phase']} after {wall:.1f} s (first pod seen running after "
-        f"{r['first_pod_seconds'] or 0:.1f} s): {s['tiles_per_min']:.0f} tiles/min overall, "
+        f"phase {r['phase']} after {wall:.1f} s (plan in the status after {at('planned_seconds')}"
+        f", first pod seen running after {at('first_pod_seconds')}, finalizer pod running "
+        f"after {at('finalizing_seconds')}): {s['tiles_per_min']:.0f} tiles/min overall, "
         + (f"{steady:.0f} tiles/min between 10 % and 90 %" if steady else "steady rate n/a")
     )
     log(
-        f"manifest: outcome {r['manifest_outcome']}, {r['manifest_tiles']} tiles; "
-        f"pods left after the end: {r['pods_left']}"
+        f"manifest (the finalizer pod's): outcome {r['manifest_outcome']}, "
+        f"{r['manifest_tiles']} tiles; pods left after the end: {r['pods_left']}"
     )
     log(f"final status: {r['status_bytes']} bytes ({r['status'].get('progress')})")
+    if r["phase"] != "Succeeded":
+        log(f"status message: {r['status'].get('message')}")
+        log(f"conditions: {json.dumps(r['status'].get('conditions'))}")
+        log("operator log tail:\n" + r["operator_log_tail"])
     op = r["operator"]
     ticks = op["tick_count"]
     mean_ms = 1000 * op["tick_seconds_sum"] / ticks if ticks else 0.0
