@@ -14,7 +14,12 @@ import os
 import sys
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .spec import GisJob
 
 VSI_CURL_CACHE_BYTES = 16 * 1024**2
 
@@ -33,13 +38,16 @@ def gdal_environment(cache_bytes: int, num_threads: int) -> dict[str, str]:
     }
 
 
-def configure(cache_bytes: int, num_threads: int) -> None:
-    """Export the GDAL settings; must run before rasterio/pyogrio are imported.
+def configure(
+    cache_bytes: int, num_threads: int, extra: Mapping[str, str] | None = None
+) -> None:
+    """Export the GDAL settings (and the job's own ``spec.gdalConfig`` options); must run
+    before rasterio/pyogrio are imported.
 
     Once GDAL is loaded, settings already in the environment are accepted as they are (a
     worker forked from the fork server, which exported the same job's settings before it
     imported rasterio/pyogrio)."""
-    wanted = gdal_environment(cache_bytes, num_threads)
+    wanted = {**(extra or {}), **gdal_environment(cache_bytes, num_threads)}
     loaded = [m for m in ("rasterio", "pyogrio") if m in sys.modules]
     if loaded:
         if all(os.environ.get(k) == v for k, v in wanted.items()):
@@ -48,6 +56,12 @@ def configure(cache_bytes: int, num_threads: int) -> None:
             f"GDAL configured after {', '.join(loaded)} was imported: settings would not apply"
         )
     os.environ.update(wanted)
+
+
+def configure_for(job: GisJob) -> None:
+    """:func:`configure` with a job's cache, threads and ``spec.gdalConfig``."""
+    res = job.spec.resources
+    configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)), job.spec.gdal_config)
 
 
 # pyogrio probes these at import (pyogrio._compat: ``try: import geopandas``, ``import

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob as globmod
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any, Literal
@@ -174,6 +175,16 @@ class RetrySpec(_Model):
     )
 
 
+GDAL_OPTION = re.compile(r"[A-Z][A-Z0-9_]*")
+# options gisjob sets itself (the memory model counts them): not overridable per job
+GDAL_OWNED = {
+    "GDAL_CACHEMAX": "spec.resources.gdalCacheMax",
+    "GDAL_NUM_THREADS": "spec.resources.cpu",
+    "VSI_CACHE": "the memory model (off)",
+    "CPL_VSIL_CURL_CACHE_SIZE": "the memory model",
+}
+
+
 class WorkerSpec(_Model):
     image: str = Field("gisjob:0.1.0", min_length=1)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
@@ -196,6 +207,22 @@ class GisJobSpec(_Model):
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
     suspend: bool = False
+    gdal_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="GDAL configuration options (e.g. OSM_USE_CUSTOM_INDEXING: 'NO') for "
+        "every process that opens the data: planner, workers, finalizer; set as environment "
+        "variables before GDAL loads.",
+    )
+
+    @field_validator("gdal_config")
+    @classmethod
+    def _gdal_config_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not GDAL_OPTION.fullmatch(key):
+                raise ValueError(f"{key!r} is not a GDAL configuration option name")
+            if key in GDAL_OWNED:
+                raise ValueError(f"{key} is set from {GDAL_OWNED[key]}; set that instead")
+        return v
 
 
 class GisJob(BaseModel):

@@ -118,8 +118,7 @@ def plan(job_files: tuple[str, ...], as_json: bool, show_all: bool) -> None:
     from ..spec import load_job
 
     jobs = [load_job(f) for f in job_files]  # every file checked before any is planned
-    res = jobs[0].spec.resources
-    gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
+    gdalenv.configure_for(jobs[0])
     plans = [build_plan(job) for job in jobs]
     if as_json:
         docs = [p.to_json() for p in plans]

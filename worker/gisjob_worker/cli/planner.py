@@ -53,6 +53,9 @@ def planner(job_file: str | None, result_path: str | None) -> None:
     path = result_path or default_result_path()
     try:
         job = load_pod_job(job_file)
+        from .. import gdalenv
+
+        gdalenv.configure_for(job)  # before GDAL loads: cache, threads, spec.gdalConfig
         from ..planner import build_plan
 
         plan = build_plan(job)

@@ -187,8 +187,7 @@ def run(
         check_writable_dir(job.spec.output.uri, f"{job.source}: spec.output.uri")
         if report_dir is not None:
             check_writable_dir(report_dir, "--report")
-        res = job.spec.resources
-        gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
+        gdalenv.configure_for(job)
         from ..executor import LocalExecutor, RunOptions
         from ..planner import build_plan
         from ..progress import make_progress, print_summary, summarize
