@@ -203,8 +203,7 @@ def main(req: AttemptRequest) -> int:
         return EXIT_INPUT
     from . import gdalenv
 
-    res = job.spec.resources
-    gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
+    gdalenv.configure_for(job)  # before GDAL loads: cache, threads, spec.gdalConfig
     from .registry import get_operation
 
     if get_operation(job.spec.operation.name).kind == "vector":

@@ -68,8 +68,7 @@ def _warm_up(job_file: str) -> None:
 
     tune_allocator()
     job = load_job(Path(job_file))
-    res = job.spec.resources
-    gdalenv.configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)))
+    gdalenv.configure_for(job)  # before GDAL loads: cache, threads, spec.gdalConfig
     import prometheus_client  # noqa: F401
 
     from . import attempt, ledger, ledgerstore, logs, metrics, worker  # noqa: F401

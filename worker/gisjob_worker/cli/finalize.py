@@ -77,6 +77,9 @@ def finalize(
         view = (_ranges("--completed", completed), _ranges("--failed", failed))
     try:
         job = load_pod_job(job_file)
+        from .. import gdalenv
+
+        gdalenv.configure_for(job)  # before GDAL loads: cache, threads, spec.gdalConfig
         from .. import finalize as finalize_mod
         from ..ledgerstore import LocalLedgerStore
         from ..planner import build_plan
