@@ -171,3 +171,16 @@ def test_temp_names_are_unique_and_only_they_are_stale(tmp_path: Path) -> None:
     assert stale == {a.name, work.name, a.name + ".aux.xml"}
     with pytest.raises(ValueError):
         outputs.temp_path(final, "/../x")
+
+
+def test_read_gets_the_record_put_wrote_and_nothing_else(tmp_path: Path) -> None:
+    store = LocalLedgerStore(tmp_path)
+    where = store.put(rec("r0000c0000", 2))
+    assert store.read(where) == rec("r0000c0000", 2)
+    elsewhere = tmp_path / f"r0000c0000.2.{'0' * 32}.json"
+    elsewhere.write_text(rec("r0000c0000", 2).dumps())
+    with pytest.raises(LedgerError, match="is not a record of the ledger"):
+        store.read(str(elsewhere))
+    Path(where).unlink()
+    with pytest.raises(LedgerError, match="cannot read the ledger record"):
+        store.read(where)

@@ -158,7 +158,9 @@ def record_outcome(job: GisJob, req: AttemptRequest, result: ResultRecord) -> No
                 f"could not record the outcome in {store.location}: no plan digest "
                 "(the job's input could not be listed)"
             )
-        store.put(ledger_record(job.name, out_dir, req, result, result.digest))
+        result.ledgerRecord = store.put(
+            ledger_record(job.name, out_dir, req, result, result.digest)
+        )
     except (LedgerError, OSError) as exc:
         text = (
             str(exc)

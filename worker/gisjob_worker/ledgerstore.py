@@ -52,6 +52,10 @@ class LedgerStore(Protocol):
         """The records of one plan digest (optionally of one tile, one attempt)."""
         ...
 
+    def read(self, where: str) -> LedgerRecord:
+        """The record :meth:`put` wrote at ``where``. Raises :class:`LedgerError`."""
+        ...
+
     def digests(self) -> list[str]:
         """Every plan digest with records here."""
         ...
@@ -150,6 +154,15 @@ class LocalLedgerStore:
                 continue
             records.append(record)
         return records
+
+    def read(self, where: str) -> LedgerRecord:
+        path = Path(where)
+        if path.parent.parent != self.root or not _RECORD_NAME.fullmatch(path.name):
+            raise LedgerError(f"{where} is not a record of the ledger in {self.root}")
+        try:
+            return LedgerRecord.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LedgerError(f"cannot read the ledger record {where}: {exc}") from None
 
     def digests(self) -> list[str]:
         try:

@@ -36,6 +36,7 @@ class ResultRecord:
     error: str | None = None
     job: str | None = None
     digest: str | None = None  # the plan digest the worker built (the ledger's key)
+    ledgerRecord: str | None = None  # noqa: N815 - where the worker recorded this attempt
 
     def to_json(self) -> str:
         data: dict[str, Any] = {k: v for k, v in asdict(self).items() if v is not None}

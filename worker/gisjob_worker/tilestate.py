@@ -193,11 +193,7 @@ class TileBook:
     def _attempt_record(self, launch: policy.Launch, ex: Exited) -> LedgerRecord:
         """The worker's own record of this attempt, else one the runner writes for it."""
         tile = launch.tile.id
-        own = [
-            r
-            for r in self.store.records(self.plan.digest, tile, launch.number)
-            if r.writer == "worker" and (r.recorded_at or 0.0) >= ex.started_wall - CLOCK_SLACK
-        ]
+        own = [r for r in self._own_records(launch, ex) if self._is_own(r, launch, ex)]
         if own:
             record = own[-1]
             if record.succeeded and not self.store.output_ok(record):
@@ -219,6 +215,24 @@ class TileBook:
             record = replace(record, error=ledger_error_text(exc, record.error))
             self.unrecorded.append(record)
         return record
+
+    def _own_records(self, launch: policy.Launch, ex: Exited) -> list[LedgerRecord]:
+        """The records the worker says it wrote (its result names one: one read), else —
+        killed before it could report — the records of its tile and attempt (a listing)."""
+        try:
+            if ex.result is not None and ex.result.ledgerRecord:
+                return [self.store.read(ex.result.ledgerRecord)]
+            return self.store.records(self.plan.digest, launch.tile.id, launch.number)
+        except LedgerError as exc:
+            self.on_event("ledger-error", {"tile": launch.tile.id, "error": str(exc)})
+            return []
+
+    def _is_own(self, r: LedgerRecord, launch: policy.Launch, ex: Exited) -> bool:
+        return (
+            r.writer == "worker"
+            and (r.digest, r.tile, r.attempt) == (self.plan.digest, launch.tile.id, launch.number)
+            and (r.recorded_at or 0.0) >= ex.started_wall - CLOCK_SLACK
+        )
 
     def _runner_record(self, launch: policy.Launch, ex: Exited) -> LedgerRecord:
         res = ex.result
