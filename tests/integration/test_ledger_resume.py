@@ -142,6 +142,11 @@ def test_the_finalizer_finishes_an_interrupted_run_with_the_operators_view(
     assert rest[0] in line and next(iter(done)) not in line
     assert json.loads(result.read_text())["exitCode"] == 1
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+    # without a view (by hand): states from the recorded attempts; the rest is pending
+    by_hand = run_cli("finalize", "--job", str(job))
+    assert by_hand.code == 0, by_hand.stderr[-2000:]
+    assert json.loads(by_hand.stdout)["tiles"]["pending"] == len(rest)
+    assert _manifest(out)["pendingTiles"] == sorted(rest)
     for tile in rest:  # the operator's pods: attempts numbered from 0 by the operator
         _as_pod(job, tile)
     ok = run_cli("finalize", "--job", str(job), "--completed", "0-15", "--failed", "")
@@ -381,3 +386,16 @@ def test_an_oom_kill_its_cgroup_counted_is_a_memory_failure(tmp_path: Path) -> N
     assert first["disrupted"] is False and first["outcome"] == "memory"
     assert second["strategy"] == "shrinkChunks" and second["chunkScale"] == 0.5
     assert second["memory"] == first["memory"]
+
+
+def test_finalize_input_errors_exit_2_with_a_result(tmp_path: Path) -> None:
+    result = tmp_path / "result.json"
+    missing = run_cli("finalize", "--job", str(tmp_path / "nope.yaml"), "--result", str(result))
+    assert missing.code == 2
+    (line,) = missing.stderr.strip().splitlines()
+    assert line.startswith("gisjob: error: ") and "nope.yaml" in line
+    assert json.loads(result.read_text())["exitCode"] == 2
+    job = _job(tmp_path)
+    bad = run_cli("finalize", "--job", str(job), "--completed", "0-x")
+    assert bad.code == 2 and "--completed" in bad.stderr
+    assert not (tmp_path / "out").exists()

@@ -447,3 +447,17 @@ def test_vmstat_oom_kill_counter(tmp_path: Path) -> None:
     vmstat.write_text("nr_free_pages 1\n")
     assert read_vmstat_oom_kills(vmstat) is None
     assert read_vmstat_oom_kills(tmp_path / "missing") is None
+
+
+def test_the_ledger_is_pure_enough_for_the_operator() -> None:
+    """The operator imports the ledger: it must not load the data stack."""
+    import subprocess
+    import sys
+
+    heavy = ("numpy", "rasterio", "pyogrio", "pyarrow", "geopandas", "pandas", "shapely")
+    code = (
+        "import sys, gisjob_worker.ledger; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
