@@ -174,11 +174,12 @@ def job_doc(
 # finalizer checks the ledger these workers leave); a worker pod writes what `gisjob worker`
 # leaves behind — the tile file, its ledger record (LedgerRecord v1, writer "worker", keyed
 # by the plan digest the operator gives the pod in GISJOB_PLAN_DIGEST, size and mtime of
-# the tile file) and the result record in the termination-message file — in plain sh with
-# one `stat` as its only child process (no Python start per pod: that is the point).
-# Records are written in place, not temp + rename: the finalizer reads them only after every
-# worker pod has ended. The job name comes from the pod name (<job>-<tile>-<attempt>); the
-# attempt and strategy default as in `gisjob worker` (GISJOB_ATTEMPT, GISJOB_STRATEGY).
+# the tile file) and the result record (naming the ledger record) in the termination-message
+# file — in plain sh with one `stat` as its only child process (no Python start per pod:
+# that is the point). Records are written in place, not temp + rename: the finalizer reads
+# them only after every worker pod has ended. The job name comes from the pod name
+# (<job>-<tile>-<attempt>); the attempt and strategy default as in `gisjob worker`
+# (GISJOB_ATTEMPT, GISJOB_STRATEGY).
 NOOP_SCRIPT = """\
 case "$1" in
 planner | finalize) exec "$BENCH_GISJOB" "$@" ;;
@@ -194,12 +195,15 @@ attempt=${GISJOB_ATTEMPT:-0} strategy=${GISJOB_STRATEGY:-initial}
 job=${pod%?"$tile"-*}
 rel="tiles/$tile.tif"
 ledger="$BENCH_OUT/.gisjob/ledger/$digest"
-[ -d "$ledger" ] || mkdir -p "$ledger" "$BENCH_OUT/tiles" || exit 1
+if [ ! -d "$ledger" ] || [ ! -d "$BENCH_OUT/tiles" ]; then
+  mkdir -p "$ledger" "$BENCH_OUT/tiles" || exit 1
+fi
 printf 'gisjob-noop tile %s\n' "$tile" > "$BENCH_OUT/$rel" || exit 1
 st=$(stat -c '%s %.9Y' "$BENCH_OUT/$rel") || exit 1
 set -- $st
 size=$1 sec=${2%.*} nsec=${2#*.}
 IFS=- read -r u1 u2 u3 u4 u5 < /proc/sys/kernel/random/uuid || exit 1
+record="$ledger/$tile.$attempt.$u1$u2$u3$u4$u5.json"
 printf '{"v":1,"job":"%s","digest":"%s","tile":"%s","attempt":%s,"strategy":"%s",\
 "memory":%s,"chunkScale":%s,"exitCode":0,"oomKilled":false,"disrupted":false,\
 "outcome":"succeeded","output":"%s","bytes":%s,"mtimeNs":%s%s,"peakRssBytes":104857600,\
@@ -208,12 +212,12 @@ printf '{"v":1,"job":"%s","digest":"%s","tile":"%s","attempt":%s,"strategy":"%s"
 "pod":"%s","recordedAt":%s.%s}\\n' "$job" "$digest" "$tile" "$attempt" "$strategy" \
   "$GISJOB_MEMORY" "${GISJOB_CHUNK_SCALE:-1.0}" "$rel" "$size" "$sec" "$nsec" \
   "$GISJOB_MEMORY" "$size" "$pod" "$sec" "$nsec" \
-  > "$ledger/$tile.$attempt.$u1$u2$u3$u4$u5.json" || exit 1
+  > "$record" || exit 1
 printf '{"tile":"%s","outcome":"succeeded","exitCode":0,"peakRssBytes":104857600,\
 "cgroupPeakBytes":110100480,"memoryBudgetBytes":%s,"estimatedPeakBytes":143654912,\
 "chunks":1,"bytesRead":8192,"bytesWritten":%s,"seconds":0.01,"output":"%s",\
-"job":"%s","digest":"%s"}' \
-  "$tile" "$GISJOB_MEMORY" "$size" "$BENCH_OUT/$rel" "$job" "$digest" > "$GISJOB_RESULT_PATH"
+"job":"%s","digest":"%s","ledgerRecord":"%s"}' "$tile" "$GISJOB_MEMORY" "$size" \
+  "$BENCH_OUT/$rel" "$job" "$digest" "$record" > "$GISJOB_RESULT_PATH"
 """
 
 
