@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -349,6 +350,149 @@ def test_vector_plan_feature_ranges(vector_25: Path, vector_job: Callable[..., G
     assert halves is not None
     assert [h.id for h in halves] == ["f000002-h0", "f000002-h1"]
     assert plan.tile("f000002-h1").fids == FeatureRange(23, None, 3)
+
+
+def _sparse_gpkg(path: Path, fids: list[int]) -> Path:
+    """Points whose GeoPackage FIDs are ``fids`` (GDAL takes a ``fid`` field as the FID)."""
+    import numpy as np
+    import shapely
+    from pyogrio import raw
+
+    n = len(fids)
+    pts = shapely.points(np.arange(n) * 10.0 + 500_000, np.full(n, 5_000_000.0))
+    raw.write(
+        str(path),
+        geometry=shapely.to_wkb(pts),
+        field_data=[np.array(fids, dtype=np.int64), np.arange(n, dtype=np.int64)],
+        fields=["fid", "value"],
+        layer="parcels",
+        driver="GPKG",
+        geometry_type="Point",
+        crs="EPSG:32633",
+    )
+    return path
+
+
+def test_vector_plan_lays_tiles_on_sparse_fids(
+    tmp_path: Path, vector_job: Callable[..., GisJob]
+) -> None:
+    fids = [5, 6, 7, 1_000, 20_000, 20_001, 10**9 - 7, 10**9 - 3, 10**9, 3 * 10**9 + 1]
+    job = vector_job(
+        _sparse_gpkg(tmp_path / "sparse.gpkg", fids),
+        operation={"name": "filter", "params": {}},
+        tiling={"featuresPerTile": 3},
+    )
+    plan = build_plan(job)
+    (f,) = plan.files
+    assert isinstance(f, VectorFile)
+    assert f.features == 10
+    assert f.first_fid == 5
+    assert f.fid_bounds == (5, 1_000, 10**9 - 7, 3 * 10**9 + 1)
+    assert f.last_fid == 3 * 10**9 + 1
+    assert [t.fids for t in plan.tiles] == [
+        FeatureRange(5, 1_000, 3),
+        FeatureRange(1_000, 10**9 - 7, 3),
+        FeatureRange(10**9 - 7, 3 * 10**9 + 1, 3),
+        FeatureRange(3 * 10**9 + 1, None, 1),
+    ]
+    # a split of a sparse range halves its FID span; the open last one up to the last FID
+    h0, h1 = split_tile(plan, plan.tiles[1]) or []
+    assert (h0.fids, h1.fids) == (
+        FeatureRange(1_000, 500_000_496, 1),
+        FeatureRange(500_000_496, 10**9 - 7, 2),
+    )
+    assert split_tile(plan, plan.tiles[3]) is None  # one feature
+    # a worker re-planning its file lays the same tiles and sub-tiles
+    _, tile = plan_for_tile(job, "f000001-h1")
+    assert tile.fids == h1.fids
+
+
+def test_vector_plan_of_contiguous_fids_is_unchanged(
+    vector_25: Path, vector_job: Callable[..., GisJob]
+) -> None:
+    plan = build_plan(vector_job(vector_25))
+    (f,) = plan.files
+    assert isinstance(f, VectorFile)
+    assert f.fid_bounds == (1, 11, 21)
+    assert f.last_fid == 25
+    assert plan.tile("f000002-h0").fids == FeatureRange(21, 23, 2)
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["value > 3 ORDER BY value", "value > 3 LIMIT 2", "value > 3 /* unclosed"],
+)
+def test_vector_where_that_breaks_once_combined_with_a_range_fails_the_plan(
+    vector_25: Path, vector_job: Callable[..., GisJob], where: str
+) -> None:
+    """Valid alone (GeoPackage filters are SQLite), invalid as workers run it."""
+    from pyogrio import raw
+
+    _, alone = raw.read_arrow(vector_25, layer="parcels", where=where)
+    assert alone.num_rows > 0
+    job = vector_job(vector_25, operation={"name": "filter", "params": {"where": where}})
+    with pytest.raises(InputError) as info:
+        build_plan(job)
+    msg = str(info.value)
+    assert msg.startswith(f"{vector_25}: spec.operation.params.where: valid alone but not")
+    assert "FID >= 1 AND FID < 11 AND ( <where> )" in msg
+
+
+def test_vector_where_with_a_trailing_comment_plans(
+    vector_25: Path, vector_job: Callable[..., GisJob]
+) -> None:
+    job = vector_job(
+        vector_25, operation={"name": "filter", "params": {"where": "value > 3 -- most"}}
+    )
+    assert len(build_plan(job).tiles) == 3
+
+
+def test_vector_where_too_slow_to_sample_fails_the_plan_in_time(
+    tmp_path: Path,
+    vector_job: Callable[..., GisJob],
+    make_vector: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gisjob_worker.inputs import WHERE_PROBE_ENV
+
+    src = make_vector(tmp_path / "p.gpkg", 2_000)
+    where = "value > (SELECT count(*) FROM parcels a, parcels b, parcels c)"  # 8e9 rows
+    monkeypatch.setenv(WHERE_PROBE_ENV, "1")
+    job = vector_job(src, operation={"name": "filter", "params": {"where": where}})
+    started = time.monotonic()
+    with pytest.raises(InputError) as info:
+        build_plan(job)
+    assert time.monotonic() - started < 10
+    assert str(info.value).startswith(
+        f"{src}: spec.operation.params.where: the planner's sample read of 500 features did "
+        f"not finish within 1 s (the limit, ${WHERE_PROBE_ENV})"
+    )
+    with pytest.raises(ChildProcessError):  # the probe was killed and reaped
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_run_with_deadline_returns_the_result_or_kills_the_child() -> None:
+    from gisjob_worker.inputs import run_with_deadline
+
+    assert run_with_deadline(lambda: {"pid": os.getpid()}, 5)["pid"] != os.getpid()  # type: ignore[index]
+
+    def forever() -> dict[str, Any]:
+        time.sleep(60)
+        return {}
+
+    started = time.monotonic()
+    assert run_with_deadline(forever, 0.5) is None
+    assert time.monotonic() - started < 5
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+    def crash() -> dict[str, Any]:
+        os._exit(7)
+
+    assert run_with_deadline(crash, 5) == {
+        "step": "read",
+        "error": "the sample read's process died",
+    }
 
 
 def test_vector_unknown_column(vector_25: Path, vector_job: Callable[..., GisJob]) -> None:

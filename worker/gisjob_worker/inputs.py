@@ -225,6 +225,7 @@ def _sample(uri: str, layer: str | None, opts: VectorRead, first: FeatureRange) 
                 layer=layer,
                 columns=[],
                 read_geometry=False,
+                return_fids=True,
                 where=first.where(opts.where),
                 max_features=1,
             )
