@@ -193,6 +193,8 @@ def build_worker_pod(
         {"name": "GISJOB_CHUNK_SCALE", "value": repr(launch.chunk_scale)},
         {"name": "GISJOB_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "GISJOB_PLAN_DIGEST", "value": digest},
+        {"name": "GISJOB_ATTEMPT", "value": str(launch.attempt)},
+        {"name": "GISJOB_STRATEGY", "value": launch.strategy},
         *(
             [{"name": f"GISJOB_BASELINE_{baseline[0].upper()}", "value": str(baseline[1])}]
             if baseline is not None
