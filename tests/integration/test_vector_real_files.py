@@ -13,6 +13,8 @@ import json
 import math
 import sqlite3
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,7 @@ def _run_all(job: Path) -> tuple[dict[str, Any], list[str]]:
         run = run_worker(job, tile["id"])
         assert run.code == 0, run.stderr[-2000:]
         assert run.record is not None
+        assert run.record["peakRssBytes"] <= tile["estimatedPeakBytes"], (tile, run.record)
         outputs.append(run.record["output"])
     return plan, outputs
 
@@ -188,6 +191,32 @@ def test_linearize_wkb_matches_gdal_on_pyogrios_own_curve_files() -> None:
         got = shapely.from_wkb(linearize_wkb(column).to_pylist())
         ref = pyogrio.read_dataframe(fixtures / name).geometry.to_numpy()
         assert [g.wkb for g in got] == [g.wkb for g in ref], name
+
+
+def test_planning_and_linearising_import_no_pandas(tmp_path: Path) -> None:
+    """A vector worker never needs pandas (~45 MiB): the FID pass, the sample probe and the
+    linearisation must not make pyarrow import it (``to_numpy``, ``pa.array(ndarray)``)."""
+    src = tmp_path / "surveyed.gpkg"
+    write_surveyed(src, 50, "MULTISURFACE")
+    code = f"""
+import sys
+from gisjob_worker import worker
+worker.import_vector_stack()
+from pyogrio import raw
+from gisjob_worker.inputs import vector_file
+from gisjob_worker.operations.vector import FILTER, linearize_wkb
+params = FILTER.parse_params({{"where": "k > 3", "area": True}})
+vf = vector_file(0, {str(src)!r}, "parcels", FILTER, params, 20)
+assert vf.features == 50 and len(vf.fid_bounds) == 3, vf
+with raw.open_arrow({str(src)!r}, use_pyarrow=True) as (meta, reader):
+    for batch in reader:
+        col = batch.column(meta["geometry_name"])
+        assert linearize_wkb(col) is not col
+print("pandas" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
 
 
 # ------------------------------------------------------------------------- 2. sparse FIDs
