@@ -17,12 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner
 from opsim import Stage
 
 from conftest import write_raster
 from gisjob_worker import plandesc
-from gisjob_worker.cli.main import cli
 from gisjob_worker.planner import build_plan
 from gisjob_worker.spec import parse_job
 
@@ -46,13 +44,18 @@ def _spec(tmp_path: Path, **extra: Any) -> dict[str, Any]:
 
 
 def run_planner(spec: dict[str, Any], tmp_path: Path) -> tuple[dict[str, Any], str, int]:
-    """The real planner command on this spec: (termination record, stdout log, exit code)."""
+    """The real planner command on this spec, in a process of its own as in its pod:
+    (termination record, stdout log, exit code)."""
     doc = {"apiVersion": "gisjob.dev/v1alpha1", "kind": "GisJob", "metadata": {"name": "j"}}
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({**doc, "spec": spec}))
     result = tmp_path / "planner-result.json"
-    run = CliRunner().invoke(cli, ["planner", "--job", str(job), "--result", str(result)])
-    return json.loads(result.read_text()), run.output, run.exit_code
+    gisjob = Path(sys.executable).parent / "gisjob"
+    run = subprocess.run(
+        [str(gisjob), "planner", "--job", str(job), "--result", str(result)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    return json.loads(result.read_text()), run.stdout, run.returncode
 
 
 def planned_stage(tmp_path: Path, **settings: Any) -> tuple[Stage, dict[str, Any]]:
