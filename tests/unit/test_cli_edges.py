@@ -17,12 +17,12 @@ from click.testing import CliRunner, Result
 from gisjob_worker import gdalenv, logs
 from gisjob_worker.cli.main import cli
 from gisjob_worker.cli.run import result_lines
-from gisjob_worker.executor import Sample, Snapshot, TileRun
 from gisjob_worker.plan import Tile
 from gisjob_worker.planner import build_plan
 from gisjob_worker.progress import ProgressLine, clock, eta_seconds, layout
 from gisjob_worker.quantity import format_bytes as fb
 from gisjob_worker.report import TilePeak, memory_figure, reported_peaks, write_report
+from gisjob_worker.runtypes import Sample, Snapshot, TileRun
 from gisjob_worker.spec import MAX_JOB_BYTES, MAX_JOB_DEPTH, load_job
 
 WriteJob = Callable[..., Path]

@@ -32,20 +32,10 @@ from .supervisor import (
     Exited,
     Supervisor,
     SupervisorOptions,
-    backstop_for,
 )
 from .tilestate import TileBook
 
-__all__ = [
-    "DEFAULT_WORKER_COMMAND",
-    "LocalExecutor",
-    "RunOptions",
-    "RunResult",
-    "Sample",
-    "Snapshot",
-    "TileRun",
-    "backstop_for",
-]
+__all__ = ["LocalExecutor", "RunOptions"]
 
 STATE_DIR = ".gisjob"
 SAMPLE_SECONDS = 0.25

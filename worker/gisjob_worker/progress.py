@@ -8,9 +8,9 @@ import sys
 import time
 from typing import Any
 
-from .executor import RunResult, Snapshot
 from .logs import get_logger
 from .quantity import format_bytes
+from .runtypes import RunResult, Snapshot
 
 BAR_MIN = 10  # a narrower bar says nothing: the layout drops it instead
 BAR_MAX = 40

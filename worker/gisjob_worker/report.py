@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .executor import Sample
+from .runtypes import Sample
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .executor import TileRun
+    from .runtypes import TileRun
 
 MIB = 1024**2
 LEGEND_MAX = 40  # more tile attempts than this: a colour bar instead of legend entries
