@@ -196,6 +196,11 @@ def build_worker_pod(
         {"name": "GISJOB_ATTEMPT", "value": str(launch.attempt)},
         {"name": "GISJOB_STRATEGY", "value": launch.strategy},
         *(
+            [{"name": "GISJOB_HISTORY", "value": annotations[ANNOTATION_HISTORY]}]
+            if launch.history
+            else []
+        ),
+        *(
             [{"name": f"GISJOB_BASELINE_{baseline[0].upper()}", "value": str(baseline[1])}]
             if baseline is not None
             else []

@@ -25,6 +25,7 @@ from .result import ResultRecord
 
 if TYPE_CHECKING:  # light at import: the runner imports this before it plans
     from .ledger import LedgerRecord
+    from .ledgerstore import LedgerStore
     from .spec import GisJob
 
 MOUNTED_JOB = "/etc/gisjob/job.yaml"
@@ -46,6 +47,8 @@ class AttemptRequest:
     metrics_linger: float = 0.0
     pushgateway: str | None = None
     pod: str | None = None  # $GISJOB_POD_NAME in pods
+    # earlier attempts as the operator saw them (its compact history, $GISJOB_HISTORY)
+    history: str | None = None
     log_level: str = "info"
 
     def to_argv(self) -> list[str]:
@@ -65,6 +68,8 @@ class AttemptRequest:
             argv += ["--metrics-linger", repr(self.metrics_linger)]
         if self.pushgateway is not None:
             argv += ["--pushgateway", self.pushgateway]
+        if self.history is not None:
+            argv += ["--history", self.history]
         if self.log_level != "info":
             argv += ["--log-level", self.log_level]
         return argv
@@ -139,6 +144,65 @@ def ledger_record(
     )
 
 
+def unrecorded_history(
+    job_name: str, store: LedgerStore, req: AttemptRequest, digest: str
+) -> list[LedgerRecord]:
+    """Records of the earlier attempts the operator saw (``req.history``: its compact
+    history of the tile) that have no record of their own — pods killed before they could
+    write one (an OOM kill, an eviction). Written by this attempt on the operator's behalf
+    (writer ``runner``, as the local runner does for its killed workers), so the ledger and
+    the manifest hold every attempt."""
+    import json
+
+    from . import policy
+    from .ledger import LedgerRecord
+    from .ledgerrecord import outcome_of
+
+    if not req.history:
+        return []
+    try:
+        entries = json.loads(req.history)
+    except ValueError:
+        return []
+    out = []
+    for h in entries if isinstance(entries, list) else []:
+        try:
+            attempt = policy.Attempt(
+                tile=req.tile,
+                number=int(h["n"]),
+                memory=int(h["m"]),
+                chunk_scale=float(h["c"]),
+                strategy=h["s"],
+                exit_code=h["x"],
+                oom_killed=bool(h["o"]),
+                disrupted=bool(h.get("d", False)),
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+        if store.records(digest, tile=req.tile, attempt=attempt.number):
+            continue
+        what = "OOMKilled" if attempt.oom_killed else f"exit {attempt.exit_code}"
+        out.append(
+            LedgerRecord(
+                job=job_name,
+                digest=digest,
+                tile=req.tile,
+                attempt=attempt.number,
+                outcome=outcome_of(attempt),
+                writer="runner",
+                strategy=attempt.strategy,
+                memory=attempt.memory,
+                chunk_scale=attempt.chunk_scale,
+                exit_code=attempt.exit_code,
+                oom_killed=attempt.oom_killed,
+                disrupted=attempt.disrupted,
+                error=f"{what}: ended before it could record itself (as the operator saw it)",
+                recorded_at=time.time(),
+            )
+        )
+    return out
+
+
 def record_outcome(job: GisJob, req: AttemptRequest, result: ResultRecord) -> None:
     """Put the attempt's ledger record in the output location; on failure turn the result
     into a retryable error that says why (the tile's own outcome kept in the message)."""
@@ -158,6 +222,8 @@ def record_outcome(job: GisJob, req: AttemptRequest, result: ResultRecord) -> No
                 f"could not record the outcome in {store.location}: no plan digest "
                 "(the job's input could not be listed)"
             )
+        for earlier in unrecorded_history(job.name, store, req, result.digest):
+            store.put(earlier)
         result.ledgerRecord = store.put(
             ledger_record(job.name, out_dir, req, result, result.digest)
         )

@@ -71,6 +71,13 @@ from .errors import fail
     show_default=True,
     help="Why this attempt runs (initial, retry, disrupted, shrinkChunks, grow), as recorded.",
 )
+@click.option(
+    "--history",
+    envvar="GISJOB_HISTORY",
+    hidden=True,
+    help="Earlier attempts of this tile as the operator saw them (compact JSON): those killed "
+    "before they recorded themselves are recorded now.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def worker(
     job_file: str | None,
@@ -83,6 +90,7 @@ def worker(
     chunk_scale: float,
     attempt: int,
     strategy: str,
+    history: str | None,
     log_level: str,
 ) -> None:
     """Process one tile within its memory budget, record the outcome in the output
@@ -113,6 +121,7 @@ def worker(
         metrics_linger=metrics_linger,
         pushgateway=pushgateway,
         pod=os.environ.get("GISJOB_POD_NAME"),
+        history=history,
         log_level=log_level,
     )
     code = attempt_mod.main(request)
