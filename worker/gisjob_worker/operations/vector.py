@@ -187,7 +187,6 @@ def linearize_wkb(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedAr
     it holds none (a header scan, no geometry is parsed for linear values)."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     if isinstance(column, pa.ChunkedArray):
         given = column.chunks  # a fresh list of wrappers on each access: keep this one
@@ -220,6 +219,8 @@ def linearize_wkb(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedAr
     value_array = pa.Array.from_buffers(
         column.type, len(values), [None, pa.py_buffer(offsets.tobytes()), data]
     )
+    import pyarrow.compute as pc  # only now: importing it costs ~9 MiB in every worker
+
     return pc.replace_with_mask(column, mask_array, value_array)
 
 
