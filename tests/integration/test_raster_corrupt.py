@@ -97,8 +97,13 @@ def _check_run(folder: Path, src: Path, intact: Path, bad_tiles: set[str], words
     import rasterio
 
     run = run_cli("run", str(_job(folder, src)), "--workers", "2")
-    assert run.code != 0, run.stderr[-3000:]
-    assert f"{len(bad_tiles)} tile(s) failed" in run.stderr
+    # every failed tile failed on its input: exit 2, and the last line names the first of
+    # them with the worker's reason (issue 15 #6), not only its id
+    assert run.code == 2, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    first = sorted(bad_tiles)[0]
+    assert last.startswith(f"gisjob: error: {len(bad_tiles)} tile(s) failed: {first}: "), last
+    assert "corrupt or truncated data" in last and words in last, last
     manifest = json.loads((folder / "out" / "manifest.json").read_text())
     assert manifest["failedTiles"] == sorted(bad_tiles)
     tiles = {t["id"]: t for t in manifest["tiles"]}

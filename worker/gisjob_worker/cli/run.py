@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, InputError
+from ..errors import EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED, InputError
 from .errors import one_line_errors
 
 if TYPE_CHECKING:
@@ -236,10 +236,30 @@ def run(
             )
             sys.exit(EXIT_INTERRUPTED)
         if not result.succeeded:
-            failed = result.manifest["failedTiles"]
-            click.echo(
-                f"gisjob: error: {len(failed)} tile(s) failed: {', '.join(failed[:10])}"
-                + (" ..." if len(failed) > 10 else ""),
-                err=True,
-            )
-            sys.exit(EXIT_ERROR)
+            line, code = failure_line(result.manifest)
+            click.echo(line, err=True)
+            sys.exit(code)
+
+
+def failure_line(manifest: dict[str, Any]) -> tuple[str, int]:
+    """The run's last line when tiles failed — the first failed tile with its reason, the
+    others by id — and the exit code: 2 when every failed tile failed on its input (the job
+    must change), else 1."""
+    failed = list(manifest.get("failedTiles") or [])
+    tiles = {t["id"]: t for t in manifest.get("tiles") or []}
+    if not failed:
+        return "gisjob: error: the run did not complete", EXIT_ERROR
+    first = tiles.get(failed[0], {})
+    reason = " ".join(str(first.get("error") or "no reason recorded").split())
+    if len(reason) > 400:
+        reason = reason[:397] + "..."
+    more = ""
+    if len(failed) > 1:
+        shown = ", ".join(failed[1:10]) + (" ..." if len(failed) > 10 else "")
+        more = f" (and {len(failed) - 1} more: {shown})"
+    inputs = [
+        (tiles.get(i, {}).get("attempts") or [{}])[-1].get("exitCode") == EXIT_INPUT
+        for i in failed
+    ]
+    code = EXIT_INPUT if all(inputs) else EXIT_ERROR
+    return f"gisjob: error: {len(failed)} tile(s) failed: {failed[0]}: {reason}{more}", code
