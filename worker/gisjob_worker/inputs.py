@@ -310,14 +310,14 @@ def run_with_deadline(fn: Callable[[], dict[str, Any]], seconds: float) -> dict[
     import select
     import signal
 
+    from .forkserver import die_with_parent
+
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         code = 0
         try:
             os.close(r)
-            from .forkserver import die_with_parent
-
             die_with_parent()
             for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
