@@ -80,7 +80,7 @@ def run_vector(ctx: TileContext, op: VectorOperation[Any], final: Path) -> None:
                     if _remote(f.uri):
                         raise  # a network read may succeed on retry
                     raise InputError(
-                        f"{f.uri}: cannot read features {where_text(ctx.tile.fids)} "
+                        f"{f.uri}: cannot read features {_fid_span(ctx.tile.fids)} "
                         f"({' '.join(str(exc).split())})"
                     ) from None
                 if batch is None:
@@ -127,7 +127,7 @@ def run_vector(ctx: TileContext, op: VectorOperation[Any], final: Path) -> None:
     except (DataSourceError, DataLayerError, FieldError) as exc:
         raise InputError(f"{f.uri}: {' '.join(str(exc).split())}") from None
     except ValueError as exc:  # ArrowInvalid, unreadable geometry, no CRS for an area
-        raise InputError(f"{f.uri}: features {where_text(ctx.tile.fids)}: {exc}") from None
+        raise InputError(f"{f.uri}: features {_fid_span(ctx.tile.fids)}: {exc}") from None
     finally:
         if writer is not None and writer is not True:
             writer.close()
@@ -139,7 +139,7 @@ def _remote(uri: str) -> bool:
     return "://" in uri or uri.startswith(("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls"))
 
 
-def where_text(rng: FeatureRange) -> str:
+def _fid_span(rng: FeatureRange) -> str:
     return f"FID {rng.start}.." + ("end" if rng.stop is None else str(rng.stop - 1))
 
 
