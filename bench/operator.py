@@ -276,7 +276,8 @@ def status_at_scale(work: Path, cols: int = 400, rows: int = 250) -> dict[str, A
         build_worker_pod,
         spec_hash,
     )
-    from gisjob_operator.reconcile import Progress, TileTree, now_iso
+    from gisjob_operator.progress import Progress
+    from gisjob_operator.reconcile import TileTree, now_iso
     from gisjob_operator.settings import OperatorSettings
     from gisjob_operator.status import progress_status
     from gisjob_worker import plandesc

@@ -17,7 +17,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from gisjob_worker import plandesc, policy
@@ -43,7 +42,9 @@ from .pods import (
     pod_name,
     spec_hash,
 )
-from .reconcile import Actions, PodView, Progress, TileTree, now_iso, pod_view, reconcile
+from .podview import PodView, parse_time, pod_view
+from .progress import Progress
+from .reconcile import Actions, TileTree, now_iso, reconcile
 from .settings import OperatorSettings
 from .status import TERMINAL, plan_status, progress_status, set_condition
 
@@ -219,7 +220,7 @@ class JobController:
         name = pod["metadata"]["name"]
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated") or {}
-            at = _parse_time(term.get("finishedAt"))
+            at = parse_time(term.get("finishedAt"))
             if at is not None:
                 return at
         return self.memo.seen_finished.setdefault(name, self.now)
@@ -622,21 +623,12 @@ class JobController:
         ttl = (self.body.get("spec") or {}).get("ttlSecondsAfterFinished")
         done = self.status.get("completionTime")
         if ttl is not None and done:
-            finished = _parse_time(done)
+            finished = parse_time(done)
             if finished is not None and self.now >= finished + int(ttl):
                 finalizers = list((self.body.get("metadata") or {}).get("finalizers") or [])
                 self.ctx.kube.delete_job(self.namespace, self.name, finalizers)
                 return "deleted"
         return str(self.status.get("phase"))
-
-
-def _parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return float(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        return None
 
 
 def _attempt_of(pod: dict[str, Any]) -> int:

@@ -8,7 +8,8 @@ from gisjob_worker.plan import Plan
 from gisjob_worker.quantity import round_up_mib, to_quantity
 from gisjob_worker.ranges import encode
 
-from .reconcile import Actions, Progress, encode_subtiles
+from .progress import Progress, encode_subtiles
+from .reconcile import Actions
 
 TERMINAL = ("Succeeded", "Failed")
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from types import EllipsisType
 from typing import Any
 
-from gisjob_operator.reconcile import PodView
+from gisjob_operator.podview import PodView
 from gisjob_worker.plan import RasterFile, RasterOutput, Sizing, VectorFile
 
 MIB = 1024**2

@@ -17,15 +17,9 @@ from planbuilders import NOW, raster_file, raster_sizing, worker_view
 
 from gisjob_operator.crd import build_crd
 from gisjob_operator.pods import pod_name
-from gisjob_operator.reconcile import (
-    Actions,
-    PodView,
-    Progress,
-    TileTree,
-    decode_subtiles,
-    encode_subtiles,
-    reconcile,
-)
+from gisjob_operator.podview import PodView
+from gisjob_operator.progress import Progress, decode_subtiles, encode_subtiles
+from gisjob_operator.reconcile import Actions, TileTree, reconcile
 from gisjob_operator.status import TERMINAL, plan_status, progress_status, set_condition
 from gisjob_worker import policy
 from gisjob_worker.plan import Plan, RasterFile, Tile, make_raster_tile

@@ -34,7 +34,7 @@ from gisjob_operator.pods import (
     owner_reference,
     pod_name,
 )
-from gisjob_operator.reconcile import pod_view
+from gisjob_operator.podview import pod_view
 from gisjob_worker.quantity import parse_quantity
 from gisjob_worker.spec import GisJob, load_job_text, parse_job
 

@@ -30,17 +30,9 @@ from gisjob_operator.pods import (
     build_worker_pod,
     pod_name,
 )
-from gisjob_operator.reconcile import (
-    Actions,
-    PodView,
-    Progress,
-    TileTree,
-    now_iso,
-    open_leaves,
-    pod_view,
-    reconcile,
-    to_attempt,
-)
+from gisjob_operator.podview import PodView, pod_view, to_attempt
+from gisjob_operator.progress import Progress
+from gisjob_operator.reconcile import Actions, TileTree, now_iso, open_leaves, reconcile
 from gisjob_operator.status import progress_status
 from gisjob_worker import policy
 from gisjob_worker.plan import (
