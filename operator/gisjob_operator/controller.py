@@ -13,7 +13,6 @@ finished jobs.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,6 @@ from .metrics import OperatorMetrics
 from .pods import (
     ANNOTATION_DIGEST,
     ANNOTATION_SPEC,
-    LABEL_ATTEMPT,
     LABEL_ROLE,
     ROLE_FINALIZER,
     ROLE_PLANNER,
@@ -45,11 +43,11 @@ from .pods import (
 from .podview import PodView, parse_time, pod_view
 from .progress import Progress
 from .reconcile import Actions, TileTree, now_iso, reconcile
+from .rolepods import FINISHED_PHASES, RoleStep, role_pods, role_step
 from .settings import OperatorSettings
 from .status import TERMINAL, plan_status, progress_status, set_condition
 
 log = logging.getLogger("gisjob.operator")
-FINISHED_PHASES = ("Succeeded", "Failed")
 
 
 @dataclass
@@ -202,61 +200,28 @@ class JobController:
 
     # ------------------------------------------------------------- role pods (plan, finalize)
 
-    def _role_pods(self, role: str, key_annotation: str, key: str) -> list[dict[str, Any]]:
-        """This job's planner or finalizer pods for one spec/plan key, oldest attempt first."""
-        out = []
-        for pod in self.pods:
-            meta = pod.get("metadata") or {}
-            if (meta.get("labels") or {}).get(LABEL_ROLE) != role:
-                continue
-            if (meta.get("annotations") or {}).get(key_annotation) != key:
-                continue
-            out.append(pod)
-        return sorted(out, key=_attempt_of)
-
-    def _finished_since(self, pod: dict[str, Any]) -> float:
-        """When a finished pod finished: its container's finishedAt, else the first time this
-        process saw it finished (real pods — evicted, lost — often have no finishedAt)."""
-        name = pod["metadata"]["name"]
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or {}
-            at = parse_time(term.get("finishedAt"))
-            if at is not None:
-                return at
-        return self.memo.seen_finished.setdefault(name, self.now)
-
-    def _role_step(
-        self, pods: list[dict[str, Any]], create: Any, what: str
-    ) -> tuple[str, dict[str, Any] | None, str]:
-        """Drive one planner/finalizer pod to a result: ("running" | "done" | "failed",
-        result record, message). Failures other than input errors (exit 2) are retried with
-        backoff, up to ``role_pod_retries``; the attempt number is in the pod's name."""
+    def _role_step(self, pods: list[dict[str, Any]], create: Any, what: str) -> RoleStep:
+        """Decide (:func:`rolepods.role_step`) and carry out the step for planner or
+        finalizer pods: delete the failed attempts, create the next, say why."""
         cfg = self.ctx.settings
-        newest = pods[-1] if pods else None
-        if newest is None:
-            self.ctx.kube.create_pod(self.namespace, create(0))
-            return "running", None, f"{what} pod started"
-        status = newest.get("status") or {}
-        phase = status.get("phase")
-        if phase not in FINISHED_PHASES or (newest.get("metadata") or {}).get("deletionTimestamp"):
-            return "running", None, f"{what} pod {newest['metadata']['name']} is {phase}"
-        record = _termination_record(newest)
-        if phase == "Succeeded" and record is not None and record.get("exitCode", 0) == 0:
-            return "done", record, ""
-        attempt = _attempt_of(newest)
-        why = _failure_text(newest, record)
-        if record is not None and record.get("exitCode") == 2:
-            return "failed", record, why
-        if attempt + 1 >= cfg.role_pod_retries:
-            return "failed", record, f"{why} ({attempt + 1} attempts)"
-        delay = policy.backoff(attempt + 1, cfg.backoff_base, cfg.backoff_max)
-        if self.now < self._finished_since(newest) + delay:
-            return "running", None, f"{what} pod failed ({why}); retrying"
-        for old in pods:
-            self.ctx.kube.delete_pod(self.namespace, old["metadata"]["name"])
-        self.ctx.kube.create_pod(self.namespace, create(attempt + 1))
-        self.event("Warning", f"{what.capitalize()}Retry", f"{what} pod failed ({why}); retrying")
-        return "running", None, f"{what} pod failed ({why}); retrying"
+        newest = pods[-1]["metadata"]["name"] if pods else ""
+        phase = (pods[-1].get("status") or {}).get("phase") if pods else None
+        first_seen = (
+            self.memo.seen_finished.setdefault(newest, self.now)
+            if phase in FINISHED_PHASES
+            else self.now
+        )
+        step = role_step(
+            pods, what, self.now, first_seen, cfg.role_pod_retries, cfg.backoff_base,
+            cfg.backoff_max,
+        )  # fmt: skip
+        for name in step.delete:
+            self.ctx.kube.delete_pod(self.namespace, name)
+        if step.create is not None:
+            self.ctx.kube.create_pod(self.namespace, create(step.create))
+        if step.retry:
+            self.event("Warning", f"{what.capitalize()}Retry", step.message)
+        return step
 
     def _plan(self, job: GisJob) -> Plan | None:
         """The plan for this spec: remembered, or from the planner pod (started if needed)."""
@@ -265,18 +230,19 @@ class JobController:
         if memo.plan is not None and memo.spec_key == key:
             return memo.plan
         cfg = self.ctx.settings
-        pods = self._role_pods(ROLE_PLANNER, ANNOTATION_SPEC, key)
-        state, record, message = self._role_step(
+        pods = role_pods(self.pods, ROLE_PLANNER, ANNOTATION_SPEC, key)
+        step = self._role_step(
             pods,
             lambda n: build_planner_pod(job, self.uid, self.namespace, key, n, cfg.planner_memory),
             "planner",
         )
-        if state == "running":
-            self._planning(message)
+        if step.state == "running":
+            self._planning(step.message)
             return None
-        if state == "failed":
+        record = step.record
+        if step.state == "failed":
             reason = "InvalidInput" if (record or {}).get("exitCode") == 2 else "PlanningFailed"
-            self._fail(reason, message)
+            self._fail(reason, step.message)
             return None
         assert record is not None
         try:
@@ -550,8 +516,8 @@ class JobController:
         cfg = self.ctx.settings
         progress = actions.progress
         completed, failed_ranges = compress(progress.completed), compress(progress.failed)
-        state, record, why = self._role_step(
-            self._role_pods(ROLE_FINALIZER, ANNOTATION_DIGEST, plan.digest),
+        step = self._role_step(
+            role_pods(self.pods, ROLE_FINALIZER, ANNOTATION_DIGEST, plan.digest),
             lambda n: build_finalizer_pod(
                 job,
                 self.uid,
@@ -565,6 +531,7 @@ class JobController:
             "finalizer",
         )
         now = now_iso()
+        state, record, why = step.state, step.record, step.message
         if state == "running":
             conditions = set_condition(
                 conditions, "Running", "True", "Finalizing", why, now, self.generation
@@ -629,41 +596,3 @@ class JobController:
                 self.ctx.kube.delete_job(self.namespace, self.name, finalizers)
                 return "deleted"
         return str(self.status.get("phase"))
-
-
-def _attempt_of(pod: dict[str, Any]) -> int:
-    try:
-        return int(((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT, 0))
-    except ValueError:
-        return 0
-
-
-def _termination_record(pod: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON result a planner/finalizer pod left in its termination message."""
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated") or {}
-        message = term.get("message")
-        if message:
-            try:
-                data = json.loads(message)
-            except ValueError:
-                return None
-            return data if isinstance(data, dict) else None
-    return None
-
-
-def _failure_text(pod: dict[str, Any], record: dict[str, Any] | None) -> str:
-    """Why a planner/finalizer pod failed, in one line: its own error, else what Kubernetes
-    says (evicted, OOMKilled, exit code)."""
-    if record and record.get("error"):
-        return " ".join(str(record["error"]).split())
-    status = pod.get("status") or {}
-    for cs in status.get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated") or {}
-        if term:
-            text = f"exit {term.get('exitCode')}, {term.get('reason') or 'Error'}"
-            message = " ".join(str(term.get("message") or "").split())
-            return f"{text}: {message[:300]}" if message else text
-    reason = status.get("reason") or "Failed"
-    message = " ".join(str(status.get("message") or "").split())
-    return f"{reason}: {message[:300]}" if message else reason

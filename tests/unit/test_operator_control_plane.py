@@ -348,3 +348,51 @@ def test_operator_resumes_an_output_location_a_local_run_wrote(tmp_path: Path) -
         if stage.pods("finalizer"):
             break
     assert len(launched) == 10 and not launched & {"r0000c0000", "r0001c0002"}
+
+
+def _role_pod(attempt: int, phase: str, **term: Any) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase}
+    if term:
+        status["containerStatuses"] = [{"name": "planner", "state": {"terminated": term}}]
+    return {
+        "metadata": {
+            "name": f"j-plan-k-{attempt}",
+            "labels": {"gisjob.dev/role": "planner", "gisjob.dev/attempt": str(attempt)},
+            "annotations": {"gisjob.dev/spec-hash": "k"},
+        },
+        "status": status,
+    }
+
+
+def test_role_step_decisions_are_pure_and_bounded() -> None:
+    from gisjob_operator.rolepods import role_step
+
+    def step(pods: list[dict[str, Any]], now: float = 100.0, seen: float = 100.0) -> Any:
+        return role_step(pods, "planner", now, seen, 3, 10.0, 60.0)
+
+    assert step([]).create == 0
+    assert step([_role_pod(0, "Running")]).state == "running"
+    ok = json.dumps({"exitCode": 0, "digest": "d"})
+    done = step([_role_pod(0, "Succeeded", exitCode=0, message=ok)])
+    assert done.state == "done" and done.record == {"exitCode": 0, "digest": "d"}
+    bad = json.dumps({"exitCode": 2, "error": "x.tif: input file not found"})
+    failed = step([_role_pod(0, "Failed", exitCode=2, message=bad)])
+    assert failed.state == "failed" and failed.message == "x.tif: input file not found"
+    # transient, with a finishedAt: wait out the backoff (10 s), then the next attempt
+    t = "2026-12-04T10:00:00Z"
+    flaky = [_role_pod(0, "Failed", exitCode=1, finishedAt=t)]
+    from gisjob_operator.podview import parse_time
+
+    at = parse_time(t)
+    assert at is not None
+    waiting = step(flaky, now=at + 5)
+    assert waiting.state == "running" and waiting.create is None
+    again = step(flaky, now=at + 11)
+    assert again.create == 1 and again.delete == ["j-plan-k-0"] and again.retry
+    # an evicted pod has no finishedAt: the backoff counts from when it was first seen
+    evicted = [{**_role_pod(1, "Failed"), "status": {"phase": "Failed", "reason": "Evicted"}}]
+    assert step(evicted, now=105.0, seen=100.0).create is None
+    assert step(evicted, now=200.0, seen=100.0).create == 2
+    # bounded: the third failure is final
+    last = step([_role_pod(2, "Failed", exitCode=137, reason="OOMKilled")])
+    assert last.state == "failed" and "OOMKilled" in last.message and "3 attempts" in last.message
