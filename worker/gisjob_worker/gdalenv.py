@@ -38,9 +38,7 @@ def gdal_environment(cache_bytes: int, num_threads: int) -> dict[str, str]:
     }
 
 
-def configure(
-    cache_bytes: int, num_threads: int, extra: Mapping[str, str] | None = None
-) -> None:
+def configure(cache_bytes: int, num_threads: int, extra: Mapping[str, str] | None = None) -> None:
     """Export the GDAL settings (and the job's own ``spec.gdalConfig`` options); must run
     before rasterio/pyogrio are imported.
 

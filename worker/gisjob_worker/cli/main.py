@@ -10,6 +10,7 @@ from .errors import DEBUG_KEY, OneLineErrorGroup
 from .finalize import finalize
 from .operations import operations
 from .plan import plan
+from .planner import planner
 from .run import run
 from .worker import worker
 
@@ -28,6 +29,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 cli.add_command(plan)
+cli.add_command(planner)
 cli.add_command(run)
 cli.add_command(worker)
 cli.add_command(demo)

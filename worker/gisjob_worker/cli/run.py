@@ -258,8 +258,7 @@ def failure_line(manifest: dict[str, Any]) -> tuple[str, int]:
         shown = ", ".join(failed[1:10]) + (" ..." if len(failed) > 10 else "")
         more = f" (and {len(failed) - 1} more: {shown})"
     inputs = [
-        (tiles.get(i, {}).get("attempts") or [{}])[-1].get("exitCode") == EXIT_INPUT
-        for i in failed
+        (tiles.get(i, {}).get("attempts") or [{}])[-1].get("exitCode") == EXIT_INPUT for i in failed
     ]
     code = EXIT_INPUT if all(inputs) else EXIT_ERROR
     return f"gisjob: error: {len(failed)} tile(s) failed: {failed[0]}: {reason}{more}", code
