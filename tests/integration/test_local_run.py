@@ -346,3 +346,26 @@ def test_invalid_job_and_impossible_allowance_are_one_line_errors(tmp_path: Path
     assert not (tmp_path / "small").exists()
     run = run_cli("run", str(job), "--memory", "lots")
     assert run.code == 2 and "--memory" in run.stderr
+
+
+def test_gpkg_output_is_merged_into_one_geopackage(demo: Path, tmp_path: Path) -> None:
+    """format: GPKG writes a GeoPackage per tile, and finalize appends them into one layer
+    of <out>/<job>.gpkg (issue 15 #19) equal to the input filtered."""
+    import geopandas as gpd
+    import yaml
+
+    doc = yaml.safe_load((demo / "jobs" / "filter.yaml").read_text())
+    doc["metadata"]["name"] = "parcels-busy"
+    doc["spec"]["input"]["uri"] = str(demo / "parcels.gpkg")
+    doc["spec"]["output"] = {"uri": str(tmp_path / "out"), "format": "GPKG"}
+    job = tmp_path / "gpkg.yaml"
+    job.write_text(yaml.safe_dump(doc))
+    run = run_cli("run", str(job))
+    assert run.code == 0, run.stderr[-2000:]
+    manifest = _manifest(tmp_path / "out")
+    assert manifest["geopackage"] == "parcels-busy.gpkg"
+    assert len([t for t in manifest["tiles"] if t["outcome"] == "succeeded"]) > 1
+    got = gpd.read_file(tmp_path / "out" / "parcels-busy.gpkg", layer="parcels-busy")
+    ref = gpd.read_file(demo / "parcels.gpkg", layer="parcels")
+    ref = ref[ref.population > 500]
+    assert sorted(got.parcel_id) == sorted(ref.parcel_id)

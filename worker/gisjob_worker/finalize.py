@@ -166,6 +166,12 @@ def finalize_outputs(
         extra["mosaics"] = write_mosaics(plan, out_dir, succeeded)
     else:
         extra["dataset"] = outputs.PARTS_DIR
+        if plan.output_format == "GPKG" and complete and succeeded:
+            from .gpkgmerge import merge_gpkg_parts
+
+            parts = [rel for _, rel in sorted(succeeded.values(), key=lambda tr: tr[0].id)]
+            merged = merge_gpkg_parts(out_dir, parts, job=job_name)
+            extra["geopackage"] = Path(merged).name
     manifest = {
         "apiVersion": "gisjob.dev/v1alpha1",
         "kind": "GisJobManifest",

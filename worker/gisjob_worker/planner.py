@@ -31,7 +31,7 @@ from .registry import RasterOperation, VectorOperation, get_operation, output_fo
 from .spec import GisJob
 from .tiles import feature_ranges, parse_tile_id, raster_grid, raster_tile_id, vector_tile_id
 
-PLANNER_VERSION = 1
+PLANNER_VERSION = 2  # 2: vector tiles from the real FIDs (sparse ids), raster masks
 
 
 def _fingerprint(uri: str) -> dict[str, Any]:
