@@ -4,7 +4,7 @@
 # from Debian's source package once and caches it outside the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --dev
 echo "== ruff"
 .venv/bin/ruff check --output-format concise worker operator tests bench scripts
 .venv/bin/ruff format --check worker operator tests bench scripts
