@@ -734,3 +734,43 @@ def test_evicted_worker_without_finished_at_gets_a_successor_as_it_was(
     setup["custom"].delete_namespaced_custom_object(
         GROUP, VERSION, setup["namespace"], PLURAL, "evict"
     )
+
+
+def test_a_failure_to_record_outcomes_leaves_every_finished_output_in_place(
+    setup: dict[str, Any], operator: OperatorProcess
+) -> None:
+    """Workers whose ledger cannot be written (here: a file where the ledger folder should
+    be) fail their attempts saying so; the job fails, and every tile they finished stays
+    where it is — nothing unrecorded is ever deleted, and nothing is reported Succeeded."""
+    data = _demo(setup["dir"] / "norecord")
+    out = data / "out"
+    (out / ".gisjob").mkdir(parents=True)
+    (out / ".gisjob" / "ledger").write_text("not a folder\n")
+    doc = _job(
+        "norecord",
+        data,
+        {"uri": str(data / "s2.tif")},
+        {"name": "ndvi", "params": {"nir": 4, "red": 3}},
+        {"uri": str(out), "format": "GTiff"},
+        tiling={"tileSize": 512},
+        parallelism=4,
+        retry={"backoffLimit": 0},
+    )
+    assert apply(setup, doc).returncode == 0
+    done = wait_phase(setup, operator, "norecord", ("Succeeded", "Failed"), timeout=180)
+    assert done["status"]["phase"] == "Failed", done["status"]
+    assert done["status"]["tiles"]["failed"] == 4
+    written = sorted(p.name for p in (out / "tiles").iterdir())
+    assert written == [f"r000{r}c000{c}.tif" for r in (0, 1) for c in (0, 1)], written
+    failed = [
+        p
+        for p in job_pods(setup, "norecord")
+        if p.status.phase == "Failed" and p.status.container_statuses
+    ]
+    assert failed, "no failed worker pod kept for debugging"
+    record = json.loads(failed[0].status.container_statuses[0].state.terminated.message)
+    assert record["exitCode"] == 1 and "could not record the outcome" in record["error"]
+    assert (
+        not (out / "manifest.json").exists()
+        or json.loads((out / "manifest.json").read_text())["outcome"] != "succeeded"
+    )
