@@ -116,9 +116,9 @@ RUN python3 -m venv /tmp/pip-tool \
         /opt/gisjob/bin/gisjob-operator /overlay/
 
 # ---------------------------------------------------------------------------------------------
-FROM ${BASE_IMAGE} AS operator
-COPY --from=operator-deps /opt/gisjob /opt/gisjob
-COPY --from=operator-app /overlay/ /
+# What both images share: the non-root user and an environment for a read-only root filesystem
+# (HOME=/tmp: the only writable place; pods mount an emptyDir there).
+FROM ${BASE_IMAGE} AS runtime
 RUN groupadd --gid 65532 gisjob \
     && useradd --uid 65532 --gid 65532 --home-dir /tmp --no-create-home \
         --shell /usr/sbin/nologin gisjob
@@ -128,6 +128,11 @@ ENV PATH=/opt/gisjob/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     LANG=C.UTF-8
 WORKDIR /tmp
+
+# ---------------------------------------------------------------------------------------------
+FROM runtime AS operator
+COPY --from=operator-deps /opt/gisjob /opt/gisjob
+COPY --from=operator-app /overlay/ /
 USER 65532:65532
 ENTRYPOINT ["gisjob-operator"]
 CMD ["--help"]
@@ -146,21 +151,10 @@ LABEL org.opencontainers.image.title="gisjob-operator" \
 
 # ---------------------------------------------------------------------------------------------
 # The worker image (default target, last): planner, worker and finalizer pods; `gisjob run`.
-FROM ${BASE_IMAGE} AS worker
+FROM runtime AS worker
 COPY --from=deps /opt/gisjob /opt/gisjob
 COPY --from=app /overlay/ /
-RUN groupadd --gid 65532 gisjob \
-    && useradd --uid 65532 --gid 65532 --home-dir /tmp --no-create-home \
-        --shell /usr/sbin/nologin gisjob
-
-# HOME=/tmp: the only writable place under a read-only root filesystem (pods mount an emptyDir).
-ENV PATH=/opt/gisjob/bin:${PATH} \
-    HOME=/tmp \
-    GISJOB_CACHE=/opt/gisjob/cache \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    LANG=C.UTF-8
-WORKDIR /tmp
+ENV GISJOB_CACHE=/opt/gisjob/cache
 USER 65532:65532
 ENTRYPOINT ["gisjob"]
 CMD ["--help"]

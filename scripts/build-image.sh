@@ -236,7 +236,7 @@ BUILD_ARGS=(--isolation=chroot --layers --pull=never
   "${secret_args[@]}" -f Dockerfile)
 # The intermediate stages are tagged too, so pruning dangling images below keeps their layer
 # cache (dependency wheels, installed environment): only layers of superseded builds go.
-for stage in builder deps app operator-deps operator-app; do
+for stage in builder deps app operator-deps operator-app runtime; do
   log "image: buildah bud --target $stage -t $CACHE_TAG-$stage [$(elapsed "$T")]"
   buildah bud "${BUILD_ARGS[@]}" --target "$stage" -t "$CACHE_TAG-$stage" . 2>&1 |
     stamp_steps "${EPOCHREALTIME/./}" >&2

@@ -231,16 +231,7 @@ def pod_view(pod: dict[str, Any], seen_finished: float | None = None) -> PodView
 
 
 def to_attempt(tile: str, h: dict[str, Any]) -> policy.Attempt:
-    return policy.Attempt(
-        tile=tile,
-        number=int(h["n"]),
-        memory=int(h["m"]),
-        chunk_scale=float(h["c"]),
-        strategy=h["s"],
-        exit_code=h["x"],
-        oom_killed=bool(h["o"]),
-        disrupted=bool(h.get("d", False)),  # histories written before disruptions: absent
-    )
+    return policy.attempt_from_history(tile, h)
 
 
 # ------------------------------------------------------------------ sub-tile sets in status

@@ -122,16 +122,16 @@ def wait_pod(
     return wait_for(check, timeout, 0.1, f"pod {namespace}/{name} in {phases}")
 
 
+# a process in a mount namespace of its own (mounts it makes are invisible outside)
+UNSHARE_MOUNT = ["unshare", "--mount", "--propagation", "private", "--"]
+
+
 def can_hide_folders() -> str | None:
     """Why folders cannot be hidden from a process here (None: they can)."""
     try:
         out = subprocess.run(
             [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
+                *UNSHARE_MOUNT,
                 "sh",
                 "-c",
                 "mount -t tmpfs gisjob-probe /mnt",
@@ -205,11 +205,7 @@ class OperatorProcess:
                 'shift; i=$((i+1)); done; exec "$@"'
             )
             argv = [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
+                *UNSHARE_MOUNT,
                 "sh",
                 "-c",
                 script,

@@ -167,16 +167,7 @@ def unrecorded_history(
     out = []
     for h in entries if isinstance(entries, list) else []:
         try:
-            attempt = policy.Attempt(
-                tile=req.tile,
-                number=int(h["n"]),
-                memory=int(h["m"]),
-                chunk_scale=float(h["c"]),
-                strategy=h["s"],
-                exit_code=h["x"],
-                oom_killed=bool(h["o"]),
-                disrupted=bool(h.get("d", False)),
-            )
+            attempt = policy.attempt_from_history(req.tile, h)
         except (KeyError, TypeError, ValueError):
             continue
         if store.records(digest, tile=req.tile, attempt=attempt.number):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import EXIT_INPUT, EXIT_MEMORY, EXIT_OK
 from .plan import Plan, Tile, can_shrink, resize_tile, split_tile
@@ -69,6 +69,23 @@ class Attempt:
         if self.disrupted or self.exit_code == EXIT_OOM_KILLED:
             return "disruption"  # 137 alone is a SIGKILL, not proof of an OOM
         return "error"
+
+
+def attempt_from_history(tile: str, h: dict[str, Any]) -> Attempt:
+    """An attempt from its compact history entry (the operator's pod annotation and the
+    ``GISJOB_HISTORY`` a successor pod gets): ``n`` number, ``m`` memory, ``c`` chunk scale,
+    ``s`` strategy, ``x`` exit code, ``o`` OOM-killed, ``d`` disrupted (absent in histories
+    written before disruptions). Raises KeyError/TypeError/ValueError when malformed."""
+    return Attempt(
+        tile=tile,
+        number=int(h["n"]),
+        memory=int(h["m"]),
+        chunk_scale=float(h["c"]),
+        strategy=h["s"],
+        exit_code=h["x"],
+        oom_killed=bool(h["o"]),
+        disrupted=bool(h.get("d", False)),
+    )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from ..errors import EXIT_ERROR, GisJobError
-from .podjob import default_result_path, load_pod_job, write_result_json
+from .podjob import default_result_path, job_option, load_job, result_option, write_result_json
 
 
 def _ranges(option: str, text: str | None) -> set[int]:
@@ -47,22 +47,13 @@ def _fail(message: str, code: int, path: str | None, started: float) -> None:
 
 
 @click.command()
-@click.option(
-    "--job",
-    "job_file",
-    type=click.Path(dir_okay=False),
-    help="Job file (default: $GISJOB_JOB, then $GISJOB_JOB_FILE or /etc/gisjob/job.yaml).",
-)
+@job_option
 @click.option(
     "--completed",
     help="Planned tile indexes the operator counts as completed (ranges like 0-99,102).",
 )
 @click.option("--failed", help="Planned tile indexes the operator counts as failed.")
-@click.option(
-    "--result",
-    "result_path",
-    help="Result path (default: $GISJOB_RESULT_PATH, in pods /dev/termination-log).",
-)
+@result_option
 def finalize(
     job_file: str | None,
     completed: str | None,
@@ -76,7 +67,7 @@ def finalize(
     if completed is not None or failed is not None:
         view = (_ranges("--completed", completed), _ranges("--failed", failed))
     try:
-        job = load_pod_job(job_file)
+        job = load_job(job_file)
         from .. import gdalenv
 
         gdalenv.configure_for(job)  # before GDAL loads: cache, threads, spec.gdalConfig

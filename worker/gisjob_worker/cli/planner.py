@@ -19,7 +19,7 @@ from ..ledger import complete_tile_indexes
 from ..ledgerstore import LocalLedgerStore
 from ..plan import Plan
 from ..ranges import encode as encode_ranges
-from .podjob import default_result_path, load_pod_job, write_result_json
+from .podjob import default_result_path, job_option, load_job, result_option, write_result_json
 
 INLINE_LIMIT = 3000  # descriptor characters kept inline in the 4 KiB termination message
 
@@ -34,17 +34,8 @@ def _complete_in_output(out_dir: str, plan: Plan) -> set[int]:
 
 
 @click.command()
-@click.option(
-    "--job",
-    "job_file",
-    type=click.Path(dir_okay=False),
-    help="Job file (default: $GISJOB_JOB, then $GISJOB_JOB_FILE or /etc/gisjob/job.yaml).",
-)
-@click.option(
-    "--result",
-    "result_path",
-    help="Result record path (default: $GISJOB_RESULT_PATH, in pods /dev/termination-log).",
-)
+@job_option
+@result_option
 def planner(job_file: str | None, result_path: str | None) -> None:
     """Plan the job (metadata reads only) and print its compact plan descriptor."""
     from .. import plandesc
@@ -52,7 +43,7 @@ def planner(job_file: str | None, result_path: str | None) -> None:
     started = time.monotonic()
     path = result_path or default_result_path()
     try:
-        job = load_pod_job(job_file)
+        job = load_job(job_file)
         from .. import gdalenv
 
         gdalenv.configure_for(job)  # before GDAL loads: cache, threads, spec.gdalConfig

@@ -1,41 +1,40 @@
-"""Where a command running in a pod finds its job and writes its one-line result."""
+"""What the commands that run in pods (planner, worker, finalizer) share: where the job
+comes from, where the one-line result goes, and their common options."""
 
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import SpecError
-from ..spec import GisJob
+import click
 
-MOUNTED_JOB = "/etc/gisjob/job.yaml"
-TERMINATION_LOG = "/dev/termination-log"
+from ..attempt import default_result_path, load_job
+
+F = TypeVar("F", bound=Callable[..., Any])
 MAX_RESULT_BYTES = 4096  # a container's termination message
 
-
-def load_pod_job(job_file: str | None) -> GisJob:
-    """``--job FILE``, else ``$GISJOB_JOB`` (the document), else ``$GISJOB_JOB_FILE`` or the
-    mounted ``/etc/gisjob/job.yaml``."""
-    from ..spec import load_job, load_job_text
-
-    if job_file:
-        return load_job(job_file)
-    text = os.environ.get("GISJOB_JOB")
-    if text:
-        return load_job_text(text, "$GISJOB_JOB")
-    mounted = os.environ.get("GISJOB_JOB_FILE", MOUNTED_JOB)
-    if Path(mounted).is_file():
-        return load_job(mounted)
-    raise SpecError("no job: give --job FILE, or set GISJOB_JOB or GISJOB_JOB_FILE")
+__all__ = ["default_result_path", "job_option", "load_job", "result_option", "write_result_json"]
 
 
-def default_result_path() -> str | None:
-    env = os.environ.get("GISJOB_RESULT_PATH")
-    if env:
-        return env
-    return TERMINATION_LOG if os.access(TERMINATION_LOG, os.W_OK) else None
+def job_option(fn: F) -> F:
+    """``--job FILE`` (default: ``$GISJOB_JOB``, then ``$GISJOB_JOB_FILE`` or the mount)."""
+    return click.option(
+        "--job",
+        "job_file",
+        type=click.Path(dir_okay=False),
+        help="Job file (default: $GISJOB_JOB, then $GISJOB_JOB_FILE or /etc/gisjob/job.yaml).",
+    )(fn)
+
+
+def result_option(fn: F) -> F:
+    """``--result PATH`` (default: ``$GISJOB_RESULT_PATH``, in pods the termination log)."""
+    return click.option(
+        "--result",
+        "result_path",
+        help="Result record path (default: $GISJOB_RESULT_PATH, in pods /dev/termination-log).",
+    )(fn)
 
 
 def write_result_json(data: dict[str, Any], path: str | None) -> str:

@@ -10,21 +10,13 @@ import click
 from ..errors import EXIT_INPUT
 from ..quantity import parse_quantity
 from .errors import fail
+from .podjob import job_option, result_option
 
 
 @click.command()
-@click.option(
-    "--job",
-    "job_file",
-    type=click.Path(dir_okay=False),
-    help="Job file (default: $GISJOB_JOB, then $GISJOB_JOB_FILE or /etc/gisjob/job.yaml).",
-)
+@job_option
 @click.option("--tile", envvar="GISJOB_TILE", required=True, help="Tile id, e.g. r0003c0007.")
-@click.option(
-    "--result",
-    "result_path",
-    help="Result record path (default: $GISJOB_RESULT_PATH, in pods /dev/termination-log).",
-)
+@result_option
 @click.option(
     "--metrics-port",
     type=int,
