@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from importlib.metadata import PackageNotFoundError, version
@@ -202,7 +203,7 @@ def measured_baseline(kind: Kind) -> int:
     cached[kind] = value
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")  # unique: pid 1 in every pod
         tmp.write_text(json.dumps(cached))
         os.replace(tmp, path)
     except OSError:
