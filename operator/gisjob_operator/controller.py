@@ -25,7 +25,7 @@ from gisjob_worker.quantity import format_bytes
 from gisjob_worker.ranges import compress, decode
 from gisjob_worker.spec import GisJob, parse_job
 
-from .kube import Kube
+from .kube import Kube, PodRejected
 from .metrics import OperatorMetrics
 from .pods import (
     ANNOTATION_DIGEST,
@@ -67,6 +67,9 @@ class JobMemo:
     complete: set[int] = field(default_factory=set)
     # when this process first saw a planner/finalizer pod finished (pods may lack finishedAt)
     seen_finished: dict[str, float] = field(default_factory=dict)
+    # pod creations that failed with 5xx/429 in a row, and when to try again
+    create_failures: int = 0
+    create_retry_at: float = 0.0
 
 
 @dataclass
@@ -152,8 +155,35 @@ class JobController:
     def tick(self) -> str:
         try:
             return self._tick()
+        except PodRejected as exc:
+            return self._rejected(exc)
         finally:
             self.flush_events()
+
+    def _create(self, body: dict[str, Any]) -> bool:
+        """Create a pod (it exists afterwards, or already did) unless creations are backing
+        off after server errors (False); a refusal (:class:`PodRejected`) goes up to
+        :meth:`tick`."""
+        if self.now < self.memo.create_retry_at:
+            return False
+        self.ctx.kube.create_pod(self.namespace, body)
+        self.memo.create_failures = 0
+        return True
+
+    def _rejected(self, exc: PodRejected) -> str:
+        """The API server refused a pod: a 4xx means the pod (so the spec) is wrong — Failed
+        at once with the API's message; 5xx or 429 are retried with backoff, then Failed."""
+        cfg = self.ctx.settings
+        what = f"the API server rejected pod {exc.name} ({exc.status}): {exc.message}"
+        if exc.permanent:
+            return self._fail("PodRejected", what)
+        self.memo.create_failures += 1
+        if self.memo.create_failures >= cfg.create_retries:
+            return self._fail("PodCreateFailed", f"{what} ({self.memo.create_failures} tries)")
+        delay = policy.backoff(self.memo.create_failures, cfg.backoff_base, cfg.backoff_max)
+        self.memo.create_retry_at = self.now + delay
+        self.event("Warning", "PodCreateRetry", f"{what}; retrying in {delay:g} s")
+        return str(self.status.get("phase") or "Pending")
 
     def _fail(self, reason: str, message: str) -> str:
         """A permanent problem with the spec or its input: Failed, once, no retry loop."""
@@ -218,7 +248,7 @@ class JobController:
         for name in step.delete:
             self.ctx.kube.delete_pod(self.namespace, name)
         if step.create is not None:
-            self.ctx.kube.create_pod(self.namespace, create(step.create))
+            self._create(create(step.create))
         if step.retry:
             self.event("Warning", f"{what.capitalize()}Retry", step.message)
         return step
@@ -428,7 +458,8 @@ class JobController:
                 digest,
                 baseline=(plan.kind, plan.sizing.baseline_bytes),
             )
-            self.ctx.kube.create_pod(self.namespace, body)
+            if not self._create(body):
+                break  # backing off after server errors: the next tick decides again
             self.memo.created[pod_name(job.name, launch.tile, launch.attempt)] = (self.now, launch)
         self._count(actions)
         status = self._status(job, plan, actions, suspended)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -15,6 +16,31 @@ from .crd import PLURAL
 from .metrics import OperatorMetrics
 
 T = TypeVar("T")
+
+
+class PodRejected(Exception):
+    """The API server refused to create a pod (status code and its message)."""
+
+    def __init__(self, name: str, status: int, message: str) -> None:
+        super().__init__(f"pod {name}: {status} {message}")
+        self.name = name
+        self.status = status
+        self.message = message
+
+    @property
+    def permanent(self) -> bool:
+        """4xx (the pod itself is wrong: invalid, forbidden, too large), not 409/429."""
+        return 400 <= self.status < 500 and self.status not in (409, 429)
+
+
+def api_message(exc: ApiException) -> str:
+    """The API's one-line reason (its Status object's message), else the HTTP reason."""
+    try:
+        data = json.loads(exc.body or "")
+    except (TypeError, ValueError):
+        data = None
+    text = data.get("message") if isinstance(data, dict) else None
+    return " ".join(str(text or exc.reason or "no message").split())
 
 
 class Kube:
@@ -39,13 +65,19 @@ class Kube:
             self.metrics.api_seconds.labels(verb, resource).observe(time.perf_counter() - started)
 
     def create_pod(self, namespace: str, body: dict[str, Any]) -> bool:
-        """Create a pod; False if it already exists (creation is idempotent)."""
-        result = self._call(
-            "create",
-            "pods",
-            lambda: self.core.create_namespaced_pod(namespace, cast(Any, body)),
-            ok=(409,),
-        )
+        """Create a pod; False if it already exists (creation is idempotent). Raises
+        :class:`PodRejected` with the API's own message when the API server refuses it."""
+        try:
+            result = self._call(
+                "create",
+                "pods",
+                lambda: self.core.create_namespaced_pod(namespace, cast(Any, body)),
+                ok=(409,),
+            )
+        except ApiException as exc:
+            raise PodRejected(
+                body["metadata"]["name"], int(exc.status or 0), api_message(exc)
+            ) from None
         return result is not None
 
     def delete_pod(self, namespace: str, name: str) -> None:

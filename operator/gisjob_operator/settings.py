@@ -30,6 +30,7 @@ class OperatorSettings:
     finalizer_memory: int = 512 * 1024**2  # the finalizer pod's memory
     plan_log_limit: int = 16 * 1024**2  # bytes of a planner pod's log read for its descriptor
     role_pod_retries: int = 5  # planner/finalizer pods retried this often after failures
+    create_retries: int = 5  # pod creations failing with 5xx/429 in a row before Failed
     created_grace_seconds: float = 60.0  # count just-created pods until the watch sees them
 
     @classmethod

@@ -396,3 +396,58 @@ def test_role_step_decisions_are_pure_and_bounded() -> None:
     # bounded: the third failure is final
     last = step([_role_pod(2, "Failed", exitCode=137, reason="OOMKilled")])
     assert last.state == "failed" and "OOMKilled" in last.message and "3 attempts" in last.message
+
+
+def test_a_pod_the_api_server_rejects_fails_the_job_once_with_its_message(
+    tmp_path: Path,
+) -> None:
+    """A 4xx on create (an invalid or forbidden pod the CRD schema let through): Failed with
+    the API's message and an event — no traceback every tick, no retry loop."""
+    from gisjob_operator.kube import PodRejected
+
+    stage, _ = planned_stage(tmp_path)
+    stage.tick()  # planned
+    message = (
+        'Pod "cp-job-r0000c0000-0" is invalid: spec.volumes[1].name: Invalid value: "Data": '
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters"
+    )
+
+    def refuse(namespace: str, body: dict[str, Any]) -> bool:
+        raise PodRejected(body["metadata"]["name"], 422, message)
+
+    stage.kube.create_pod = refuse  # type: ignore[method-assign]
+    stage.tick()
+    assert stage.status["phase"] == "Failed"
+    assert "rejected pod cp-job-r0000c0000-0 (422)" in stage.status["message"]
+    assert "spec.volumes[1].name" in stage.status["message"]
+    assert any(e[1] == "PodRejected" for e in stage.kube.events)
+    writes = stage.kube.status_writes
+    for _ in range(3):
+        stage.tick()
+    assert stage.kube.status_writes == writes
+
+
+def test_server_errors_on_create_back_off_then_fail(tmp_path: Path) -> None:
+    from gisjob_operator.kube import PodRejected
+
+    stage, _ = planned_stage(tmp_path, create_retries=3, backoff_base=1000.0, backoff_max=1e4)
+    stage.tick()
+    calls = []
+
+    def busy(namespace: str, body: dict[str, Any]) -> bool:
+        calls.append(body["metadata"]["name"])
+        raise PodRejected(body["metadata"]["name"], 500, "etcdserver: request timed out")
+
+    stage.kube.create_pod = busy  # type: ignore[method-assign]
+    stage.tick()
+    assert stage.status["phase"] == "Running" and len(calls) == 1
+    assert any(e[1] == "PodCreateRetry" for e in stage.kube.events)
+    stage.tick()  # backing off: no call
+    assert len(calls) == 1
+    memo = next(iter(stage.ctx.jobs.values()))
+    for _ in range(2):
+        memo.create_retry_at = 0.0  # the backoff has passed
+        stage.tick()
+    assert len(calls) == 3
+    assert stage.status["phase"] == "Failed"
+    assert "(500)" in stage.status["message"] and "3 tries" in stage.status["message"]
