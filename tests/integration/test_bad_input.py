@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,11 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     needs_file = case not in ("unknown-operation",)
     if needs_file or "job.yaml" in lines[0]:
         assert str(job.name) in lines[0] or ".tif" in lines[0], lines[0]
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.*"))
+    # nothing written but, for a worker, its ledger record of the failed attempt (whole)
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    records = [p for p in written if p.parent.parent.name == "ledger" and p.suffix == ".json"]
+    assert written == records, written
+    assert all(json.loads(p.read_text())["outcome"] == "input" for p in records)
     if command == "worker":
         assert run.record is not None and run.record["outcome"] == "input"
     if case == "unsafe-import":
