@@ -93,10 +93,18 @@ def reconcile_gisjob(
     ctx.metrics.set_phase(namespace or "", name, str(controller.status.get("phase") or "Pending"))
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def forget(body: kopf.Body, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def forget(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, memo: Any, **_: Any
+) -> None:
     """Drop what this process remembered of a deleted job (its pods go by owner reference)
-    and its per-job series (alerts on a job that no longer exists would never resolve)."""
+    and its per-job series (alerts on a job that no longer exists would never resolve).
+
+    A watch-event handler, not ``on.delete``: a resource-changing handler would make kopf
+    keep the whole spec in an annotation (last-handled-configuration), which fails for specs
+    over 256 KiB and is not needed — the reconciler is level-triggered."""
+    if event.get("type") != "DELETED":
+        return
     uid = body.get("metadata", {}).get("uid")
     ctx = getattr(memo, "ctx", None)
     if ctx is not None and uid:

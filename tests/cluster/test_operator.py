@@ -328,6 +328,9 @@ def test_demo_jobs_succeed_with_outputs_equal_to_local_runs(
     assert done["status"]["completedTiles"] == "0-3"
     assert done["status"]["progress"] == "4/4"
     assert done["status"]["outputs"]["manifest"] == str(data / "k8s-ndvi" / "manifest.json")
+    # kopf keeps no copy of the spec in an annotation (it would fail past 256 KiB)
+    annotations = done["metadata"].get("annotations") or {}
+    assert not [k for k in annotations if "last-handled-configuration" in k], annotations
     vdone = wait_phase(setup, operator, "filter", ("Succeeded", "Failed"))
     assert vdone["status"]["phase"] == "Succeeded", vdone["status"]
     # the same jobs run locally give the same outputs
