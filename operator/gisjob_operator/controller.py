@@ -171,19 +171,26 @@ class JobController:
         return True
 
     def _rejected(self, exc: PodRejected) -> str:
-        """The API server refused a pod: a 4xx means the pod (so the spec) is wrong — Failed
-        at once with the API's message; 5xx or 429 are retried with backoff, then Failed."""
+        """The API server refused a pod. A pod that is itself wrong (4xx: invalid, too large,
+        forbidden by policy) fails the job at once with the API's message; server errors and
+        throttling are retried with backoff, then fail; a full ResourceQuota is waited for
+        (with backoff and an event each time). Returns ``error``: the tick did not do its
+        work (operator metrics and the reconcile-error alert count it)."""
         cfg = self.ctx.settings
         what = f"the API server rejected pod {exc.name} ({exc.status}): {exc.message}"
         if exc.permanent:
-            return self._fail("PodRejected", what)
+            self._fail("PodRejected", what)
+            return "error"
         self.memo.create_failures += 1
-        if self.memo.create_failures >= cfg.create_retries:
-            return self._fail("PodCreateFailed", f"{what} ({self.memo.create_failures} tries)")
+        if not exc.over_quota and self.memo.create_failures >= cfg.create_retries:
+            self._fail("PodCreateFailed", f"{what} ({self.memo.create_failures} tries)")
+            return "error"
         delay = policy.backoff(self.memo.create_failures, cfg.backoff_base, cfg.backoff_max)
+        if exc.over_quota:  # room may come back any moment: keep looking every few ticks
+            delay = min(delay, 10 * cfg.tick_seconds)
         self.memo.create_retry_at = self.now + delay
         self.event("Warning", "PodCreateRetry", f"{what}; retrying in {delay:g} s")
-        return str(self.status.get("phase") or "Pending")
+        return "error"
 
     def _fail(self, reason: str, message: str) -> str:
         """A permanent problem with the spec or its input: Failed, once, no retry loop."""

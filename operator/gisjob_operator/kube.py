@@ -28,9 +28,17 @@ class PodRejected(Exception):
         self.message = message
 
     @property
+    def over_quota(self) -> bool:
+        """Forbidden by a ResourceQuota: the namespace is full for now, the pod is fine."""
+        return self.status == 403 and "exceeded quota" in self.message
+
+    @property
     def permanent(self) -> bool:
-        """4xx (the pod itself is wrong: invalid, forbidden, too large), not 409/429."""
-        return 400 <= self.status < 500 and self.status not in (409, 429)
+        """The pod itself is wrong (invalid, too large, forbidden by policy — not by a quota,
+        not a conflict or throttling): retrying the same pod cannot succeed."""
+        if self.over_quota:
+            return False
+        return 400 <= self.status < 500 and self.status not in (408, 409, 429)
 
 
 def api_message(exc: ApiException) -> str:

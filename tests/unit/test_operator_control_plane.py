@@ -451,3 +451,30 @@ def test_server_errors_on_create_back_off_then_fail(tmp_path: Path) -> None:
     assert len(calls) == 3
     assert stage.status["phase"] == "Failed"
     assert "(500)" in stage.status["message"] and "3 tries" in stage.status["message"]
+
+
+def test_a_full_resource_quota_is_waited_for_not_failed(tmp_path: Path) -> None:
+    """403 "exceeded quota" is the namespace being full, not the pod being wrong: the job
+    waits (events, backoff capped at a few ticks), counted as reconcile errors, never Failed."""
+    from gisjob_operator.kube import PodRejected
+
+    stage, _ = planned_stage(tmp_path, create_retries=2, backoff_base=0.0)
+    stage.tick()
+    quota = (
+        'pods "cp-job-r0000c0000-0" is forbidden: exceeded quota: no-pods, requested: pods=1, '
+        "used: pods=0, limited: pods=0"
+    )
+
+    def full(namespace: str, body: dict[str, Any]) -> bool:
+        raise PodRejected(body["metadata"]["name"], 403, quota)
+
+    real = stage.kube.create_pod
+    stage.kube.create_pod = full  # type: ignore[method-assign]
+    assert [stage.tick() for _ in range(5)] == ["error"] * 5
+    assert stage.status["phase"] == "Running"
+    stage.kube.create_pod = real  # type: ignore[method-assign]
+    stage.tick()
+    assert stage.pods("worker")
+    # and a 403 that is not a quota (a policy forbids the pod) fails at once
+    assert PodRejected("p", 403, "violates PodSecurity restricted").permanent
+    assert not PodRejected("p", 403, quota).permanent
