@@ -51,6 +51,35 @@ def crd() -> None:
     show_default=True,
     help="Seconds before the first retry of a failed tile; doubles per retry.",
 )
+@click.option(
+    "--allowed-image",
+    "allowed_images",
+    multiple=True,
+    help="Image a GisJob's pods may run (repeatable): an exact name, or a prefix ending in "
+    "'/' (registry or path) or ':' (any tag or digest of a repository). "
+    "Default: $GISJOB_ALLOWED_IMAGES, else gisjob:",
+)
+@click.option(
+    "--allowed-volume-type",
+    "allowed_volume_types",
+    multiple=True,
+    help="Volume type spec.worker.volumes may use (repeatable). Default: "
+    "$GISJOB_ALLOWED_VOLUME_TYPES, else persistentVolumeClaim, configMap, emptyDir, "
+    "ephemeral, csi.",
+)
+@click.option(
+    "--allowed-service-account",
+    "allowed_service_accounts",
+    multiple=True,
+    help="Service account spec.worker.serviceAccountName may name besides the namespace "
+    "default (repeatable). Default: $GISJOB_ALLOWED_SERVICE_ACCOUNTS, else none.",
+)
+@click.option(
+    "--storage-secret",
+    default=None,
+    help="The one Secret a GisJob may reference (env secretKeyRef, secret volume, CSI "
+    "nodePublishSecretRef). Default: $GISJOB_STORAGE_SECRET, else none.",
+)
 @click.option("--verbose", "-v", is_flag=True)
 def run(
     namespaces: tuple[str, ...],
@@ -59,6 +88,10 @@ def run(
     status_interval: float,
     keep_failed_pods: int,
     backoff_base: float,
+    allowed_images: tuple[str, ...],
+    allowed_volume_types: tuple[str, ...],
+    allowed_service_accounts: tuple[str, ...],
+    storage_secret: str | None,
     verbose: bool,
 ) -> None:
     """Run the operator (one replica; see the README on restarts)."""
@@ -67,6 +100,7 @@ def run(
     import kopf
 
     from . import handlers  # noqa: F401  (registers the handlers)
+    from .settings import POLICY_ENV, pod_policy_from_env
 
     os.environ.update(
         {
@@ -78,6 +112,20 @@ def run(
             "GISJOB_BACKOFF_BASE": str(backoff_base),
         }
     )
+    # the pod policy's flags override its environment only when given
+    for setting, given in (
+        ("allowed_images", allowed_images),
+        ("allowed_volume_types", allowed_volume_types),
+        ("allowed_service_accounts", allowed_service_accounts),
+    ):
+        if given:
+            os.environ[POLICY_ENV[setting]] = ",".join(given)
+    if storage_secret is not None:
+        os.environ[POLICY_ENV["storage_secret"]] = storage_secret
+    try:
+        pod_policy_from_env()  # refuse a bad policy now, not at the first job
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -29,6 +29,8 @@ ANNOTATION_HISTORY = "gisjob.dev/history"
 ANNOTATION_SPEC = "gisjob.dev/spec-hash"
 METRICS_PORT = 9090
 SCRATCH = "/tmp"
+SCRATCH_VOLUME = "scratch"
+TERMINATION_LOG = "/dev/termination-log"
 RUN_AS_USER = 65532
 MAX_NAME = 253
 
@@ -126,9 +128,9 @@ def _job_pod(
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}, *worker.volume_mounts],
+        "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": SCRATCH}, *worker.volume_mounts],
     }
     if ports:
         container["ports"] = ports
@@ -146,7 +148,7 @@ def _job_pod(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "scratch", "emptyDir": {}}, *worker.volumes],
+        "volumes": [{"name": SCRATCH_VOLUME, "emptyDir": {}}, *worker.volumes],
     }
     if worker.service_account_name:
         spec["serviceAccountName"] = worker.service_account_name

@@ -5,6 +5,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from .admission import (
+    DEFAULT_ALLOWED_IMAGES,
+    DEFAULT_ALLOWED_VOLUME_TYPES,
+    PodPolicy,
+    PolicyError,
+)
+
+# The pod policy's environment variables, by PodPolicy field.
+POLICY_ENV = {
+    "allowed_images": "GISJOB_ALLOWED_IMAGES",
+    "allowed_volume_types": "GISJOB_ALLOWED_VOLUME_TYPES",
+    "allowed_service_accounts": "GISJOB_ALLOWED_SERVICE_ACCOUNTS",
+    "storage_secret": "GISJOB_STORAGE_SECRET",
+}
+
 
 def _env_float(name: str, default: float) -> float:
     value = os.environ.get(name)
@@ -14,6 +29,32 @@ def _env_float(name: str, default: float) -> float:
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else default
+
+
+def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated; unset: ``default``, set but empty: none."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def pod_policy_from_env() -> PodPolicy:
+    """The :class:`PodPolicy` from ``GISJOB_ALLOWED_IMAGES``, ``GISJOB_ALLOWED_VOLUME_TYPES``,
+    ``GISJOB_ALLOWED_SERVICE_ACCOUNTS`` (comma-separated; unset: the defaults, empty: none)
+    and ``GISJOB_STORAGE_SECRET``. An invalid setting raises ``ValueError`` naming its
+    variable."""
+    try:
+        return PodPolicy(
+            allowed_images=_env_list(POLICY_ENV["allowed_images"], DEFAULT_ALLOWED_IMAGES),
+            allowed_volume_types=_env_list(
+                POLICY_ENV["allowed_volume_types"], DEFAULT_ALLOWED_VOLUME_TYPES
+            ),
+            allowed_service_accounts=_env_list(POLICY_ENV["allowed_service_accounts"], ()),
+            storage_secret=os.environ.get(POLICY_ENV["storage_secret"], "").strip(),
+        )
+    except PolicyError as exc:
+        raise ValueError(f"{POLICY_ENV[exc.setting]}: {exc}") from None
 
 
 @dataclass
@@ -32,6 +73,7 @@ class OperatorSettings:
     role_pod_retries: int = 5  # planner/finalizer pods retried this often after failures
     create_retries: int = 5  # pod creations failing with 5xx/429 in a row before Failed
     created_grace_seconds: float = 60.0  # count just-created pods until the watch sees them
+    pod_policy: PodPolicy = field(default_factory=PodPolicy)  # what spec.worker may ask for
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -47,4 +89,5 @@ class OperatorSettings:
             liveness_port=_env_int("GISJOB_LIVENESS_PORT", 8080),
             planner_memory=_env_int("GISJOB_PLANNER_MEMORY_BYTES", 512 * 1024**2),
             finalizer_memory=_env_int("GISJOB_FINALIZER_MEMORY_BYTES", 512 * 1024**2),
+            pod_policy=pod_policy_from_env(),
         )

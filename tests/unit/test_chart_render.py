@@ -5,8 +5,10 @@ values schema rejects bad values; names stay within 63 characters; the ClusterRo
 exactly deploy/rbac.yaml (pods/log get, nothing on Secrets); the operator pod, a pure
 control plane of image gisjob-operator, mounts nothing but its /tmp scratch (no data volume,
 no way to configure one); the monitoring objects and the dashboard ConfigMap are what
-Prometheus and the Grafana sidecar select; the chart and the kustomize base agree on the
-operator container. Skips (with the reason) when helm cannot be installed.
+Prometheus and the Grafana sidecar select; the pod policy (what a GisJob may set in
+spec.worker) reaches the operator as the environment it parses, from values and by
+default; the chart and the kustomize base agree on the operator container. Skips (with the
+reason) when helm cannot be installed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Any
 
 import pytest
 import yaml
+
+from gisjob_operator.admission import KNOWN_VOLUME_TYPES, UNLISTABLE_VOLUME_TYPES, PodPolicy
+from gisjob_operator.settings import POLICY_ENV, pod_policy_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "gisjob"
@@ -53,7 +58,19 @@ EVERY_FLAG: dict[str, Any] = {
     "priorityClassName": "system-cluster-critical",
     "imagePullSecrets": [{"name": "regcred"}],
     "image": {"repository": "registry.example/gis/gisjob-operator", "tag": "0.1.0-rc1"},
+    "podPolicy": {
+        "allowedImages": ["registry.example/gis/", "gisjob:"],
+        "allowedVolumeTypes": ["persistentVolumeClaim", "nfs"],
+        "allowedServiceAccounts": ["gis-reader", "gis-writer"],
+        "storageSecret": "gisjob-storage",
+    },
 }
+POLICY_ENV_NAMES = [
+    "GISJOB_ALLOWED_IMAGES",
+    "GISJOB_ALLOWED_VOLUME_TYPES",
+    "GISJOB_ALLOWED_SERVICE_ACCOUNTS",
+    "GISJOB_STORAGE_SECRET",
+]
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -159,6 +176,18 @@ def assert_scratch_only(pod: dict[str, Any]) -> None:
     assert "initContainers" not in pod and "ephemeralContainers" not in pod
 
 
+def rendered_policy(c: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> PodPolicy:
+    """The pod policy the operator parses from the container's environment (the policy's
+    variables are plain values, each set once)."""
+    env = {v["name"]: v for v in c["env"] if v["name"] in POLICY_ENV_NAMES}
+    assert sorted(env) == sorted(POLICY_ENV_NAMES)
+    assert [v["name"] for v in c["env"]].count("GISJOB_ALLOWED_IMAGES") == 1
+    for name in POLICY_ENV_NAMES:
+        assert set(env[name]) == {"name", "value"}, env[name]
+        monkeypatch.setenv(name, env[name]["value"])
+    return pod_policy_from_env()
+
+
 def assert_operator_rules(rules: list[dict[str, Any]]) -> None:
     """What the control plane needs — pods (create, delete, read) and their logs (a plan
     descriptor larger than a termination message) — and nothing on Secrets, ConfigMaps or
@@ -196,7 +225,9 @@ def test_lint_strict_every_flag_on(helm: str, chart: Path, tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_render_defaults(helm: str, chart: Path, tmp_path: Path) -> None:
+def test_render_defaults(
+    helm: str, chart: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     docs = render(helm, chart, tmp_path)
     assert sorted(d["kind"] for d in docs) == [
         "ClusterRole",
@@ -238,6 +269,14 @@ def test_render_defaults(helm: str, chart: Path, tmp_path: Path) -> None:
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 9090, "health": 8080}
     assert_scratch_only(pod)
+    # the default pod policy, as the operator would parse it from the environment
+    assert rendered_policy(c, monkeypatch) == PodPolicy()
+    env = {v["name"]: v.get("value") for v in c["env"]}
+    assert env["GISJOB_ALLOWED_IMAGES"] == "gisjob:"
+    assert env["GISJOB_ALLOWED_VOLUME_TYPES"] == (
+        "persistentVolumeClaim,configMap,emptyDir,ephemeral,csi"
+    )
+    assert env["GISJOB_ALLOWED_SERVICE_ACCOUNTS"] == env["GISJOB_STORAGE_SECRET"] == ""
     # a control plane's memory (no GDAL, Arrow or NumPy in the operator image)
     assert c["resources"] == {
         "requests": {"cpu": "100m", "memory": "128Mi"},
@@ -255,7 +294,9 @@ def test_render_defaults(helm: str, chart: Path, tmp_path: Path) -> None:
     assert selector["app.kubernetes.io/name"] != "gisjob-worker"
 
 
-def test_render_every_flag_on(helm: str, chart: Path, tmp_path: Path) -> None:
+def test_render_every_flag_on(
+    helm: str, chart: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     docs = render(helm, chart, tmp_path, EVERY_FLAG)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == [
@@ -273,6 +314,12 @@ def test_render_every_flag_on(helm: str, chart: Path, tmp_path: Path) -> None:
     assert "--namespace=team-a" in c["args"] and "--namespace=team-b" in c["args"]
     assert "--verbose" in c["args"] and c["args"][-1] == "--status-interval=5"
     assert {"name": "GISJOB_BACKOFF_MAX", "value": "120"} in c["env"]
+    assert rendered_policy(c, monkeypatch) == PodPolicy(
+        allowed_images=("registry.example/gis/", "gisjob:"),
+        allowed_volume_types=("persistentVolumeClaim", "nfs"),
+        allowed_service_accounts=("gis-reader", "gis-writer"),
+        storage_secret="gisjob-storage",
+    )
     assert c["image"] == "registry.example/gis/gisjob-operator:0.1.0-rc1"
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert_scratch_only(pod)
@@ -361,6 +408,25 @@ def test_replicas_zero_and_existing_service_account(helm: str, chart: Path, tmp_
     assert_scratch_only(pod)
 
 
+def test_pod_policy_from_values(
+    helm: str, chart: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One key changed keeps the others' defaults; an empty volume list means none."""
+    values = {"podPolicy": {"allowedVolumeTypes": [], "storageSecret": "s3"}}
+    policy = rendered_policy(container(render(helm, chart, tmp_path, values)), monkeypatch)
+    assert policy == PodPolicy(allowed_volume_types=(), storage_secret="s3")
+
+
+def test_pod_policy_env_names_are_the_operators() -> None:
+    assert sorted(POLICY_ENV.values()) == sorted(POLICY_ENV_NAMES)
+
+
+def test_schema_volume_types_are_the_listable_ones() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    items = schema["properties"]["podPolicy"]["properties"]["allowedVolumeTypes"]["items"]
+    assert sorted(items["enum"]) == sorted(KNOWN_VOLUME_TYPES - set(UNLISTABLE_VOLUME_TYPES))
+
+
 # --------------------------------------------------------------------------- the schema
 
 
@@ -382,6 +448,13 @@ def test_replicas_zero_and_existing_service_account(helm: str, chart: Path, tmp_
         ({"data": {"existingClaim": "gisjob-data"}}, "Additional property data is not allowed"),
         ({"data": {"enabled": False}}, "Additional property data is not allowed"),
         ({"image": {"repository": ""}}, "repository"),
+        ({"podPolicy": {"allowedImages": []}}, "allowedImages"),
+        ({"podPolicy": {"allowedImages": ["a,b"]}}, "allowedImages"),
+        ({"podPolicy": {"allowedVolumeTypes": ["secret"]}}, "allowedVolumeTypes"),
+        ({"podPolicy": {"allowedVolumeTypes": ["projected"]}}, "allowedVolumeTypes"),
+        ({"podPolicy": {"allowedServiceAccounts": ["Admin"]}}, "allowedServiceAccounts"),
+        ({"podPolicy": {"storageSecret": "a/b"}}, "storageSecret"),
+        ({"podPolicy": {"allowedSecrets": ["x"]}}, "allowedSecrets"),
     ],
     ids=lambda v: json.dumps(v, separators=(",", ":")) if isinstance(v, dict) else None,
 )
