@@ -661,7 +661,15 @@ class SampledOperator(OperatorProcess):
     when its probe and metrics answer, its RSS sampled in a thread."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log: Path, interval: float) -> None:
-        super().__init__(kubeconfig, namespace, log, status_interval=interval, backoff_base=None)
+        super().__init__(
+            kubeconfig,
+            namespace,
+            log,
+            status_interval=interval,
+            backoff_base=None,
+            # the stand-in worker image of the noop variant (a cluster admin allows images)
+            extra_env={"GISJOB_ALLOWED_IMAGES": f"gisjob:,{NOOP_IMAGE}"},
+        )
         self.peak_rss = 0
         self.rss_samples = 0
         self._stop = threading.Event()

@@ -25,6 +25,7 @@ from gisjob_worker.quantity import format_bytes
 from gisjob_worker.ranges import compress, decode
 from gisjob_worker.spec import GisJob, parse_job
 
+from .admission import AdmissionError, check_job
 from .kube import Kube, PodRejected
 from .metrics import OperatorMetrics
 from .pods import (
@@ -226,6 +227,10 @@ class JobController:
             )
         except SpecError as exc:
             return self._fail("InvalidSpec", str(exc))
+        try:  # every tick: spec.worker may change without a new plan
+            check_job(job, self.ctx.settings.pod_policy)
+        except AdmissionError as exc:
+            return self._fail(exc.reason, str(exc))
         plan = self._plan(job)
         if plan is None:
             return str(self.status.get("phase") or "Planning")

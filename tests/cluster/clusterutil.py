@@ -122,6 +122,9 @@ def wait_pod(
     return wait_for(check, timeout, 0.1, f"pod {namespace}/{name} in {phases}")
 
 
+DEV_VOLUME_TYPES = (
+    "persistentVolumeClaim", "configMap", "emptyDir", "ephemeral", "csi", "hostPath",
+)  # fmt: skip
 # a process in a mount namespace of its own (mounts it makes are invisible outside)
 UNSHARE_MOUNT = ["unshare", "--mount", "--propagation", "private", "--"]
 
@@ -169,11 +172,13 @@ class OperatorProcess:
         status_interval: float = 1.0,
         backoff_base: float | None = 1.0,
         hide: tuple[Path, ...] = (),
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         """``hide``: folders the operator must not see — it runs in a mount namespace of its
         own with an empty tmpfs over each (the operator is a pure control plane)."""
         self.kubeconfig = kubeconfig
         self.hide = hide
+        self.extra_env = dict(extra_env or {})
         self.namespace = namespace
         self.log = log
         self.status_interval = status_interval
@@ -183,7 +188,15 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONUNBUFFERED": "1",
+            # the dev cluster's data lives in host folders: hostPath is allowed here (a
+            # cluster's admin decision; the default policy refuses it)
+            "GISJOB_ALLOWED_VOLUME_TYPES": ",".join(DEV_VOLUME_TYPES),
+            **self.extra_env,
+        }
         argv = [
             str(Path(sys.executable).parent / "gisjob-operator"),
             "run",

@@ -478,3 +478,31 @@ def test_a_full_resource_quota_is_waited_for_not_failed(tmp_path: Path) -> None:
     # and a 403 that is not a quota (a policy forbids the pod) fails at once
     assert PodRejected("p", 403, "violates PodSecurity restricted").permanent
     assert not PodRejected("p", 403, quota).permanent
+
+
+def test_a_job_asking_for_a_forbidden_pod_fails_before_any_pod_exists(tmp_path: Path) -> None:
+    """Issue 17 #2: "create GisJob" is not "create any pod" — a hostPath volume (refused by
+    the default policy) fails the job with reason Forbidden, before any pod; a running job
+    edited to ask for one fails at its next tick, without new pods."""
+    spec = _spec(tmp_path)
+    spec["worker"] = {
+        "image": "gisjob:test",
+        "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+        "volumeMounts": [{"name": "root", "mountPath": "/host"}],
+    }
+    stage = Stage(spec)
+    stage.tick()
+    assert stage.status["phase"] == "Failed"
+    assert stage.status["message"].startswith("spec.worker.volumes[0].hostPath")
+    assert any(c.get("reason") == "Forbidden" for c in stage.status["conditions"])
+    assert stage.kube.pods == {}
+
+    running, _ = planned_stage(tmp_path)
+    running.tick()
+    before = set(running.kube.pods)
+    running.kube.body["spec"]["worker"]["env"] = [{"name": "GISJOB_JOB", "value": "x"}]
+    running.kube.body["metadata"]["generation"] = 2
+    running.tick()
+    assert running.status["phase"] == "Failed"
+    assert "GISJOB_JOB" in running.status["message"]
+    assert set(running.kube.pods) == before
