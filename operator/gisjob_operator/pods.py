@@ -112,6 +112,8 @@ def _job_pod(
         "command": command,
         "env": [
             {"name": "GISJOB_JOB", "value": document},
+            # whose output location this is (gisjob_worker.ownership): claimed by the planner
+            {"name": "GISJOB_OWNER", "value": f"{namespace}/{job.name}/{uid}"},
             {"name": "GISJOB_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "HOME", "value": SCRATCH},
             *env,
