@@ -21,7 +21,7 @@ from typing import Any
 from gisjob_worker import plandesc, policy
 from gisjob_worker.errors import SpecError
 from gisjob_worker.plan import Plan
-from gisjob_worker.quantity import format_bytes
+from gisjob_worker.quantity import format_bytes, to_quantity
 from gisjob_worker.ranges import compress, decode
 from gisjob_worker.spec import GisJob, parse_job
 
@@ -71,6 +71,7 @@ class JobMemo:
     # pod creations that failed with 5xx/429 in a row, and when to try again
     create_failures: int = 0
     create_retry_at: float = 0.0
+    unschedulable_reported: set[str] = field(default_factory=set)  # pods with an Event
 
 
 @dataclass
@@ -459,6 +460,7 @@ class JobController:
             keep_failed=cfg.keep_failed_pods,
             suspended=suspended,
             tree=self._tree(plan),
+            unschedulable_seconds=cfg.unschedulable_seconds,
         )
         digest = plan.digest
         for launch in actions.create:
@@ -484,7 +486,25 @@ class JobController:
                 self.ctx.kube.delete_pod(self.namespace, name)
         for e in actions.events:
             self.event(e.type, e.reason, e.message)
+        self._report_unschedulable(actions)
         return str(status.get("phase", "Running"))
+
+    def _report_unschedulable(self, actions: Actions) -> None:
+        """An Event (once per pod) for a tile no node can hold, naming it and its request."""
+        reported = self.memo.unschedulable_reported
+        alive = {v.name for v in actions.unschedulable}
+        reported.intersection_update(alive)
+        for view in actions.unschedulable:
+            if view.name in reported:
+                continue
+            reported.add(view.name)
+            self.event(
+                "Warning",
+                "Unschedulable",
+                f"tile {view.tile} (pod {view.name}) requests {to_quantity(view.memory)} of "
+                f"memory and no node can hold it: {view.unschedulable}; it fails after "
+                f"{self.ctx.settings.unschedulable_seconds:g} s",
+            )
 
     def _tree(self, plan: Plan) -> TileTree:
         if self.memo.tree is None or self.memo.tree.plan is not plan:
@@ -539,6 +559,23 @@ class JobController:
                 f"{st['tiles']['succeeded']}/{st['tiles']['total']} tiles done",
                 now,
                 self.generation,
+            )
+        if actions.unschedulable:
+            first = actions.unschedulable[0]
+            more = len(actions.unschedulable) - 1
+            conditions = set_condition(
+                conditions,
+                "Unschedulable",
+                "True",
+                "Unschedulable",
+                f"tile {first.tile} requests {to_quantity(first.memory)}: {first.unschedulable}"
+                + (f" (and {more} more tiles)" if more else ""),
+                now,
+                self.generation,
+            )
+        elif any(c.get("type") == "Unschedulable" for c in conditions):
+            conditions = set_condition(
+                conditions, "Unschedulable", "False", "Scheduled", "", now, self.generation
             )
         m = self.ctx.metrics
         for key in ("pending", "running", "succeeded", "failed"):

@@ -60,6 +60,9 @@ class PodView:
     disrupted: bool = False  # ended by something other than the tile (eviction, node loss…)
     cause: str | None = None  # why Kubernetes says it ended (reason: message), if it says
     digest: str | None = None  # the plan digest the pod was made for (None: not known)
+    # Pending and not schedulable (PodScheduled=False, Unschedulable): since when, and why
+    unschedulable_since: float | None = None
+    unschedulable: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -227,7 +230,25 @@ def pod_view(pod: dict[str, Any], seen_finished: float | None = None) -> PodView
         disrupted=why is not None,
         cause=(cause or None) if finished else None,
         digest=annotations.get(ANNOTATION_DIGEST),
+        **_unschedulable(status) if phase == "Pending" else {},
     )
+
+
+def _unschedulable(status: dict[str, Any]) -> dict[str, Any]:
+    """A Pending pod the scheduler cannot place: ``PodScheduled=False`` with reason
+    ``Unschedulable`` (its message says why: memory, taints, selectors)."""
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return {
+                "unschedulable_since": parse_time(cond.get("lastTransitionTime")),
+                "unschedulable": " ".join(str(cond.get("message") or "").split())[:300]
+                or "Unschedulable",
+            }
+    return {}
 
 
 def to_attempt(tile: str, h: dict[str, Any]) -> policy.Attempt:

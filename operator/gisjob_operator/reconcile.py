@@ -61,6 +61,7 @@ class Actions:
     waiting: int = 0  # finished pods not processed this tick (status coalescing)
     memory_failures: int = 0  # exit 3 / OOMKilled attempts seen this tick
     disruptions: int = 0  # disrupted attempts (evicted, preempted, …) decided this tick
+    unschedulable: list[PodView] = field(default_factory=list)  # Pending, cannot be placed
 
 
 class TileTree:
@@ -160,6 +161,7 @@ def reconcile(
     keep_failed: int = 3,
     suspended: bool = False,
     tree: TileTree | None = None,
+    unschedulable_seconds: float | None = None,
 ) -> Actions:
     """Everything the operator should do this tick (see the module docstring).
 
@@ -199,6 +201,30 @@ def reconcile(
             # it is still there to read (gone, its tile would start over at attempt 0).
             continue
         if newest.alive:
+            if newest.unschedulable is not None:
+                actions.unschedulable.append(newest)
+                waited = now - (newest.unschedulable_since or now)
+                tile = tree.tile(tile_id)
+                if (
+                    unschedulable_seconds is not None
+                    and waited >= unschedulable_seconds
+                    and not suspended
+                    and tile is not None
+                    and tile_id in open_ids
+                ):
+                    # no node can hold it: the tile fails (and its pod goes) instead of
+                    # waiting for ever; the operator's setting says how long is too long
+                    _mark(tree, p, tile, "failed")
+                    actions.events.append(
+                        Event(
+                            "Warning",
+                            "TileFailed",
+                            f"tile {tile_id}: unschedulable for {waited:.0f} s with a memory "
+                            f"request of {to_quantity(newest.memory)}: {newest.unschedulable}",
+                        )
+                    )
+                    actions.delete.append(newest.name)
+                    continue
             slots += 1
             if suspended:
                 actions.delete.append(newest.name)

@@ -72,6 +72,7 @@ class OperatorSettings:
     plan_log_limit: int = 16 * 1024**2  # bytes of a planner pod's log read for its descriptor
     role_pod_retries: int = 5  # planner/finalizer pods retried this often after failures
     create_retries: int = 5  # pod creations failing with 5xx/429 in a row before Failed
+    unschedulable_seconds: float = 600.0  # a tile no node can hold fails after this long
     created_grace_seconds: float = 60.0  # count just-created pods until the watch sees them
     pod_policy: PodPolicy = field(default_factory=PodPolicy)  # what spec.worker may ask for
 
@@ -87,6 +88,7 @@ class OperatorSettings:
             backoff_max=_env_float("GISJOB_BACKOFF_MAX", 300.0),
             metrics_port=_env_int("GISJOB_METRICS_PORT", 9090),
             liveness_port=_env_int("GISJOB_LIVENESS_PORT", 8080),
+            unschedulable_seconds=_env_float("GISJOB_UNSCHEDULABLE_SECONDS", 600.0),
             planner_memory=_env_int("GISJOB_PLANNER_MEMORY_BYTES", 512 * 1024**2),
             finalizer_memory=_env_int("GISJOB_FINALIZER_MEMORY_BYTES", 512 * 1024**2),
             pod_policy=pod_policy_from_env(),

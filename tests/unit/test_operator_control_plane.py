@@ -506,3 +506,49 @@ def test_a_job_asking_for_a_forbidden_pod_fails_before_any_pod_exists(tmp_path: 
     assert running.status["phase"] == "Failed"
     assert "GISJOB_JOB" in running.status["message"]
     assert set(running.kube.pods) == before
+
+
+def test_unschedulable_tiles_are_said_at_once_and_fail_after_the_wait(tmp_path: Path) -> None:
+    """Issue 17 #6: a worker pod no node can hold is a condition and an Event naming the tile
+    and its request at the first tick that sees it, and the tile fails after the operator's
+    wait (``unschedulable_seconds``) instead of Running 0/1 for ever."""
+    import time as time_mod
+
+    from gisjob_operator.reconcile import now_iso
+
+    stage, _ = planned_stage(tmp_path, unschedulable_seconds=60.0)
+    stage.tick()
+    stage.tick()
+    workers = stage.pods("worker")
+    assert workers
+    pod = workers[0]
+    tile = pod["metadata"]["labels"]["gisjob.dev/tile"]
+
+    def unschedulable(since: float) -> None:
+        pod["status"] = {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 Insufficient memory.",
+                    "lastTransitionTime": now_iso(since),
+                }
+            ],
+        }
+
+    unschedulable(time_mod.time() - 5)
+    stage.tick()
+    cond = next(c for c in stage.status["conditions"] if c["type"] == "Unschedulable")
+    assert cond["status"] == "True" and f"tile {tile} requests" in cond["message"]
+    assert "Insufficient memory" in cond["message"]
+    said = [e for e in stage.kube.events if e[1] == "Unschedulable"]
+    assert len(said) == 1 and tile in said[0][2]
+    stage.tick()
+    assert len([e for e in stage.kube.events if e[1] == "Unschedulable"]) == 1  # once
+    unschedulable(time_mod.time() - 120)
+    stage.tick()
+    assert pod["metadata"]["name"] not in stage.kube.pods  # the tile failed, its pod went
+    assert stage.status["tiles"]["failed"] == 1
+    assert any(e[1] == "TileFailed" and "unschedulable for" in e[2] for e in stage.kube.events)
