@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 
 from gisjob_worker import gdalenv, logs
@@ -754,3 +755,38 @@ def test_reported_peaks_come_from_every_attempt_record() -> None:
         TilePeak("r0000c0000", 0, 300),
         TilePeak("r0000c0000", 1, 200),
     ]
+
+
+def test_plan_warns_about_requests_no_node_can_hold(tmp_path: Path) -> None:
+    """Issue 17 #6: `gisjob plan --node-memory` names the tiles no node could hold; an
+    absurd request (1 EiB) is a warning even without it."""
+    from conftest import write_raster
+
+    src = tmp_path / "in.tif"
+    write_raster(src, width=256, height=256, count=2, block=64)
+    doc = {
+        "apiVersion": "gisjob.dev/v1alpha1",
+        "kind": "GisJob",
+        "metadata": {"name": "big"},
+        "spec": {
+            "input": {"uri": str(src)},
+            "operation": {"name": "ndvi", "params": {"nir": 2, "red": 1}},
+            "output": {"uri": str(tmp_path / "out")},
+            "tiling": {"tileSize": 128},
+            "resources": {"memory": "20Gi"},
+        },
+    }
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(doc))
+    run = CliRunner().invoke(cli, ["plan", str(job), "--node-memory", "16Gi"])
+    assert run.exit_code == 0, run.output
+    assert "4 of 4 tiles request more than --node-memory 16.0 GiB" in run.output
+    assert "never be scheduled" in run.output
+    run = CliRunner().invoke(cli, ["plan", str(job), "--node-memory", "32Gi"])
+    assert "warning" not in run.output
+    doc["spec"]["resources"] = {"memory": "1Ei", "maxMemory": "1Ei"}
+    job.write_text(yaml.safe_dump(doc))
+    run = CliRunner().invoke(cli, ["plan", str(job)])
+    assert "request more than any machine's memory" in run.output
+    run = CliRunner().invoke(cli, ["plan", str(job), "--node-memory", "lots"])
+    assert run.exit_code == 2 and "--node-memory" in run.output

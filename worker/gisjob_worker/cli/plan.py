@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..quantity import format_bytes
+from ..quantity import format_bytes, parse_memory
 from .errors import one_line_errors
 
 if TYPE_CHECKING:
@@ -110,16 +110,32 @@ def print_plan(console: Console, p: Plan, show_all: bool) -> None:
     is_flag=True,
     help="Print every tile (default: a summary and the first and last few of a long plan).",
 )
+@click.option(
+    "--node-memory",
+    "node_memory",
+    help="Warn about tiles whose memory request is above this (a node's allocatable memory, "
+    "e.g. 16Gi): no node could hold their pods.",
+)
 @one_line_errors
-def plan(job_files: tuple[str, ...], as_json: bool, show_all: bool) -> None:
+def plan(
+    job_files: tuple[str, ...], as_json: bool, show_all: bool, node_memory: str | None
+) -> None:
     """Plan each JOB_FILE from metadata only and show what its tiles will cost."""
     from .. import gdalenv
     from ..planner import build_plan
     from ..spec import load_job
 
+    node = None
+    if node_memory is not None:
+        try:
+            node = parse_memory(node_memory)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--node-memory") from None
     jobs = [load_job(f) for f in job_files]  # every file checked before any is planned
     gdalenv.configure_for(jobs[0])
     plans = [build_plan(job) for job in jobs]
+    for line in request_warnings(plans, node):
+        click.echo(line, err=True)
     if as_json:
         docs = [p.to_json() for p in plans]
         click.echo(json.dumps(docs[0] if len(docs) == 1 else docs))
@@ -140,3 +156,26 @@ def plan(job_files: tuple[str, ...], as_json: bool, show_all: bool) -> None:
             highlight=False,
             markup=False,
         )
+
+
+ABSURD_REQUEST = 1024**4  # 1 TiB for one tile: no machine worker pods land on is that big
+
+
+def request_warnings(plans: list[Plan], node: int | None) -> list[str]:
+    """Warnings for requests no node could hold (above ``node``) or no machine has (1 TiB)."""
+    out = []
+    for p in plans:
+        limit = node if node is not None else ABSURD_REQUEST
+        big = [t for t in p.tiles if t.memory_request_bytes > limit]
+        if not big:
+            continue
+        worst = max(big, key=lambda t: t.memory_request_bytes)
+        where = (
+            f"--node-memory {format_bytes(node)}" if node is not None else "any machine's memory"
+        )
+        out.append(
+            f"gisjob: warning: {p.job}: {len(big)} of {len(p.tiles)} tiles request more than "
+            f"{where} (largest: {worst.id}, {format_bytes(worst.memory_request_bytes)}); their "
+            "pods would never be scheduled — lower spec.resources.memory or spec.tiling"
+        )
+    return out
