@@ -185,8 +185,18 @@ class ImageRules:
     @classmethod
     def default_rules(cls) -> list[ImageRule]:
         venv = str(REPO / ".venv" / "bin")
+        # the real image measures the worker's import baseline at build time (GISJOB_CACHE);
+        # here pods share the machine's measured one, as the image's pods share the baked one
+        cache = os.environ.get("GISJOB_CACHE") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gisjob"
+        )
         return [
-            ImageRule(match="*gisjob*", path_prepend=[venv], entrypoint=["gisjob"]),
+            ImageRule(
+                match="*gisjob*",
+                path_prepend=[venv],
+                entrypoint=["gisjob"],
+                env={"GISJOB_CACHE": cache},
+            ),
             ImageRule(match="*", path_prepend=[venv]),
         ]
 

@@ -143,9 +143,9 @@ def _job(name: str, data: Path, src: Path, strategies: list[str]) -> dict[str, A
             "worker": {
                 "volumes": [{"name": "data", "hostPath": {"path": str(data)}}],
                 "volumeMounts": [{"name": "data", "mountPath": str(data)}],
-                # the operator's measured import baseline: without it every pod (HOME is its
-                # empty scratch volume) re-measures it in a fresh interpreter, seconds per pod
-                "env": [{"name": "GISJOB_BASELINE_VECTOR", "value": str(_vector_baseline())}],
+                # no GISJOB_* here (the pod policy refuses it): the planner pod reads the
+                # baseline the machine measured (the test kubelet's image rule), and worker
+                # pods get the plan's from the operator
             },
         },
     }
