@@ -5,6 +5,10 @@
 children (``gisjob run``'s default) both call :func:`main` with an :class:`AttemptRequest`,
 so a forked worker does exactly what a spawned one does, without the CLI in between.
 
+With ``$GISJOB_OWNER`` (a pod) the worker first checks that the output location is not
+another GisJob's (:mod:`ownership`); if it is, the attempt writes nothing there — no tile,
+no ledger record — and exits 2 with the owner in its result.
+
 The worker records its own outcome in the ledger of the output location (writer
 ``worker``) before it writes its result record. Failing to record is an error, never
 silent: the attempt then exits 1 (retryable) and its result says
@@ -229,6 +233,30 @@ def record_outcome(job: GisJob, req: AttemptRequest, result: ResultRecord) -> No
         result.error = f"{' '.join(text.split())} (the tile's own outcome: {own})"
 
 
+def check_owner(job: GisJob, tile: str) -> ResultRecord | None:
+    """With ``$GISJOB_OWNER`` (a pod), the output location must be unclaimed or this job's
+    (:func:`ownership.check`: one small file read); else the result record of a refused
+    attempt, which writes nothing there — exit 2 for another job's location or an unreadable
+    owner record, 1 when the file system fails."""
+    from . import ownership
+    from .errors import GisJobError
+
+    try:
+        owner = ownership.owner_from_env()
+        if owner is not None:
+            ownership.check(job.spec.output.uri, owner)
+    except GisJobError as exc:
+        return ResultRecord(
+            tile=tile,
+            outcome=exc.outcome,  # type: ignore[arg-type]
+            exitCode=exc.exit_code,
+            peakRssBytes=0,
+            job=job.name,
+            error=" ".join(str(exc).split()),
+        )
+    return None
+
+
 def finish(result: ResultRecord, path: str | None) -> None:
     """Write the result record to the result path (the termination message) and stdout."""
     from .guard import peak_rss_bytes
@@ -260,6 +288,11 @@ def main(req: AttemptRequest) -> int:
         )
         sys.stderr.write(f"gisjob: error: {message}\n")
         return EXIT_INPUT
+    refused = check_owner(job, req.tile)
+    if refused is not None:  # another job's output location: no tile, no ledger record
+        finish(refused, path)
+        sys.stderr.write(f"gisjob: error: {refused.error}\n")
+        return refused.exitCode
     from . import gdalenv
 
     gdalenv.configure_for(job)  # before GDAL loads: cache, threads, spec.gdalConfig

@@ -10,7 +10,9 @@ retry policy over the recorded attempts.
 The result — one line of JSON of at most 4 KiB: manifest path, tile counts, outcome or error —
 goes to ``--result`` / ``$GISJOB_RESULT_PATH`` / ``/dev/termination-log`` and stdout. Exit 0
 when the manifest was written (whatever the tiles' outcome), 1 on a ledger error or
-another retryable failure, 2 on an input or spec error.
+another retryable failure, 2 on an input or spec error — or when ``$GISJOB_OWNER`` names a
+job other than the output location's owner (:mod:`gisjob_worker.ownership`): then nothing
+is written or deleted.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ def finalize(
         view = (_ranges("--completed", completed), _ranges("--failed", failed))
     try:
         job = load_job(job_file)
+        from .. import ownership
+
+        owner = ownership.owner_from_env()
+        if owner is not None:  # another job's location: write and delete nothing there
+            ownership.check(job.spec.output.uri, owner)
         from .. import gdalenv
 
         gdalenv.configure_for(job)  # before GDAL loads: cache, threads, spec.gdalConfig

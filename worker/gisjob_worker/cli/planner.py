@@ -5,6 +5,11 @@ The operator reads no dataset: this command does the metadata reads, prints the 
 on stdout (one marked line, for the operator to read from the pod's log) and writes a
 result record of at most 4 KiB to the termination message — with the descriptor inline when
 it fits, so small plans need no log read at all.
+
+With ``$GISJOB_OWNER`` (set by the operator) the planner claims the output location for its
+GisJob (:mod:`gisjob_worker.ownership`) once the plan is built — so an input error is
+reported as such and leaves no owner record — and before the location's ledger is read; a
+location another job owns is an input error (exit 2) naming that job.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def _complete_in_output(out_dir: str, plan: Plan) -> set[int]:
 @result_option
 def planner(job_file: str | None, result_path: str | None) -> None:
     """Plan the job (metadata reads only) and print its compact plan descriptor."""
-    from .. import plandesc
+    from .. import ownership, plandesc
 
     started = time.monotonic()
     path = result_path or default_result_path()
@@ -50,6 +55,11 @@ def planner(job_file: str | None, result_path: str | None) -> None:
         from ..planner import build_plan
 
         plan = build_plan(job)
+        # the job's claim on its output location, once the input is known to be plannable
+        # (a bad input leaves no owner record), before anything there is read or trusted
+        owner = ownership.owner_from_env()
+        if owner is not None:
+            ownership.claim(job.spec.output.uri, owner)
         desc = plandesc.descriptor(
             plan, job.spec.tiling.tile_size, job.spec.tiling.features_per_tile
         )

@@ -156,6 +156,9 @@ def run(
     metrics_linger: float,
 ) -> None:
     """Plan JOB_FILE and run every tile locally as memory-capped worker processes."""
+    # on one machine the user owns the file system: no output-location claims or checks
+    # (gisjob_worker.ownership), not even by workers that would inherit a pod's identity
+    os.environ.pop("GISJOB_OWNER", None)
     if workers != "auto":
         check_ports(metrics_port_base, int(workers))
     from ..forkserver import ForkServer  # light: no GDAL, no NumPy
