@@ -295,8 +295,10 @@ def _mount_violations(path: str, mount: Mapping[str, Any]) -> Iterator[str]:
 
 
 def _overlaps(a: str, b: str) -> bool:
-    """One of two normalised absolute paths is the other or lies below it."""
-    return a == b or a.startswith(f"{b.rstrip('/')}/") or b.startswith(f"{a.rstrip('/')}/")
+    """A mount at ``a`` would replace or hide ``b`` (normalised absolute paths): it is ``b``
+    or one of its parents. A mount below a reserved folder (a data volume at /tmp/data inside
+    the scratch volume) hides nothing gisjob needs and is allowed."""
+    return a == b or b.startswith(f"{a.rstrip('/')}/")
 
 
 def _env_violations(path: str, var: Mapping[str, Any], policy: PodPolicy) -> Iterator[str]:

@@ -307,9 +307,14 @@ def test_demo_jobs_succeed_with_outputs_equal_to_local_runs(
     assert apply(setup, raster).returncode == 0
     assert apply(setup, vector).returncode == 0
     # a worker pod while it exists: sized from the plan, restricted, owned by the job
-    pod = wait_for(
-        lambda: (job_pods(setup, "ndvi") or [None])[0], timeout=60, what="an ndvi worker pod"
-    )
+    try:
+        pod = wait_for(
+            lambda: (job_pods(setup, "ndvi") or [None])[0], timeout=60, what="an ndvi worker pod"
+        )
+    except TimeoutError as exc:
+        status = get_job(setup, "ndvi").get("status")
+        pods = [(p.metadata.name, p.status.phase) for p in job_pods(setup, "ndvi", role="")]
+        raise AssertionError(f"{exc}\nstatus: {status}\npods: {pods}") from None
     job = get_job(setup, "ndvi")
     plan_request = job["status"]["plan"]["memoryRequestBytes"]
     res = pod.spec.containers[0].resources
