@@ -276,7 +276,9 @@ class JobController:
         pods = role_pods(self.pods, ROLE_PLANNER, ANNOTATION_SPEC, key)
         step = self._role_step(
             pods,
-            lambda n: build_planner_pod(job, self.uid, self.namespace, key, n, cfg.planner_memory),
+            lambda n: build_planner_pod(
+                job, self.uid, self.namespace, key, n, cfg.planner_memory, cfg.max_tiles
+            ),
             "planner",
         )
         if step.state == "running":
@@ -316,7 +318,7 @@ class JobController:
                     f"{len(logged)} bytes, limit {self.ctx.settings.plan_log_limit})"
                 )
         data = plandesc.decode(str(text), record.get("sha256"))
-        plan = plandesc.from_descriptor(data)
+        plan = plandesc.from_descriptor(data, self.ctx.settings.max_tiles)
         self.memo.complete = decode(str(data.get("complete") or ""))
         return plan
 

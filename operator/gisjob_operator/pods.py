@@ -254,7 +254,13 @@ def finalizer_pod_name(job: str, digest: str, attempt: int) -> str:
 
 
 def build_planner_pod(
-    job: GisJob, uid: str, namespace: str, spec_key: str, attempt: int, memory: int
+    job: GisJob,
+    uid: str,
+    namespace: str,
+    spec_key: str,
+    attempt: int,
+    memory: int,
+    max_tiles: int | None = None,
 ) -> dict[str, Any]:
     """The planner pod: metadata reads of the input, a plan descriptor in its termination
     message (small plans) or its log (large ones)."""
@@ -265,7 +271,7 @@ def build_planner_pod(
         name=planner_pod_name(job.name, spec_key, attempt),
         role=ROLE_PLANNER,
         command=["gisjob", "planner"],
-        env=[],
+        env=[{"name": "GISJOB_MAX_TILES", "value": str(max_tiles)}] if max_tiles else [],
         memory=memory,
         labels={LABEL_ATTEMPT: str(attempt)},
         annotations={ANNOTATION_SPEC: spec_key},

@@ -73,6 +73,7 @@ class OperatorSettings:
     role_pod_retries: int = 5  # planner/finalizer pods retried this often after failures
     create_retries: int = 5  # pod creations failing with 5xx/429 in a row before Failed
     unschedulable_seconds: float = 600.0  # a tile no node can hold fails after this long
+    max_tiles: int = 1_000_000  # the most tiles one job's plan may have (planner pods too)
     created_grace_seconds: float = 60.0  # count just-created pods until the watch sees them
     pod_policy: PodPolicy = field(default_factory=PodPolicy)  # what spec.worker may ask for
 
@@ -89,6 +90,7 @@ class OperatorSettings:
             metrics_port=_env_int("GISJOB_METRICS_PORT", 9090),
             liveness_port=_env_int("GISJOB_LIVENESS_PORT", 8080),
             unschedulable_seconds=_env_float("GISJOB_UNSCHEDULABLE_SECONDS", 600.0),
+            max_tiles=_env_int("GISJOB_MAX_TILES", 1_000_000),
             planner_memory=_env_int("GISJOB_PLANNER_MEMORY_BYTES", 512 * 1024**2),
             finalizer_memory=_env_int("GISJOB_FINALIZER_MEMORY_BYTES", 512 * 1024**2),
             pod_policy=pod_policy_from_env(),

@@ -552,3 +552,38 @@ def test_unschedulable_tiles_are_said_at_once_and_fail_after_the_wait(tmp_path: 
     assert pod["metadata"]["name"] not in stage.kube.pods  # the tile failed, its pod went
     assert stage.status["tiles"]["failed"] == 1
     assert any(e[1] == "TileFailed" and "unschedulable for" in e[2] for e in stage.kube.events)
+
+
+def test_a_tiny_input_declaring_a_huge_raster_is_refused_before_any_tile(
+    tmp_path: Path,
+) -> None:
+    """Issue 17 #3: a 300-byte VRT declaring 2³¹×2³¹ pixels. The planner counts tiles before
+    laying them and refuses past the limit (exit 2, the numbers in the message), quickly and
+    in little memory; the operator refuses a descriptor over its limit before laying a tile,
+    and tells its planner pods the limit."""
+    import time as time_mod
+
+    vrt = tmp_path / "huge.vrt"
+    vrt.write_text(
+        '<VRTDataset rasterXSize="2147483647" rasterYSize="2147483647">'
+        '<VRTRasterBand dataType="UInt16" band="1"/></VRTDataset>'
+    )
+    spec = _spec(tmp_path, input={"uri": str(vrt)})
+    spec["operation"] = {"name": "scale", "params": {"scale": 0.5}}
+    started = time_mod.monotonic()
+    record, _, code = run_planner(spec, tmp_path)
+    assert code == 2, record
+    assert time_mod.monotonic() - started < 30
+    assert "tiles or more, above the limit of 1,000,000" in record["error"]
+    assert "huge.vrt" in record["error"]
+
+    stage = Stage(_spec(tmp_path), max_tiles=5)
+    stage.tick()
+    (planner,) = stage.pods("planner")
+    env = {e["name"]: e.get("value") for e in planner["spec"]["containers"][0]["env"]}
+    assert env["GISJOB_MAX_TILES"] == "5"
+    ok, _, _ = run_planner(_spec(tmp_path), tmp_path)  # 12 tiles, planned without the limit
+    stage.finish(planner["metadata"]["name"], exit_code=0, message=json.dumps(ok))
+    stage.tick()
+    assert stage.status["phase"] == "Failed"
+    assert "12 tiles, above the operator's limit of 5" in stage.status["message"]

@@ -368,6 +368,35 @@ def placeholder_file(index: int, uri: str, kind: Kind) -> RasterFile | VectorFil
     return VectorFile(index, uri, None, 0, 0, 1.0, None)
 
 
+DEFAULT_MAX_TILES = 1_000_000
+MAX_TILES_ENV = "GISJOB_MAX_TILES"
+
+
+def max_tiles(environ: dict[str, str] | None = None) -> int:
+    """The most tiles one plan may have (``$GISJOB_MAX_TILES``; the operator sets its
+    admin's limit on planner pods): a 300-byte VRT can declare 2³¹×2³¹ pixels."""
+    import os
+
+    text = (environ if environ is not None else dict(os.environ)).get(MAX_TILES_ENV, "")
+    try:
+        value = int(text) if text else DEFAULT_MAX_TILES
+    except ValueError:
+        raise SpecError(f"${MAX_TILES_ENV}: {text!r} is not a whole number") from None
+    return max(1, value)
+
+
+def file_tile_count(f: RasterFile | VectorFile, tile_size: int, features_per_tile: int) -> int:
+    """How many tiles :func:`file_tiles` lays for a file, without laying them."""
+    from .tiles import tile_edge
+
+    if isinstance(f, RasterFile):
+        tw, th = tile_edge(tile_size, f.block_width), tile_edge(tile_size, f.block_height)
+        return math.ceil(f.width / tw) * math.ceil(f.height / th)
+    if f.fid_bounds:
+        return len(f.fid_bounds)
+    return max(1, math.ceil(f.features / features_per_tile))
+
+
 def file_tiles(
     sizing: Sizing,
     f: RasterFile | VectorFile,

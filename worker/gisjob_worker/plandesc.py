@@ -87,9 +87,15 @@ def descriptor(plan: Plan, tile_size: int, features_per_tile: int) -> dict[str, 
     }
 
 
-def from_descriptor(d: dict[str, Any]) -> Plan:
+def from_descriptor(d: dict[str, Any], max_tiles: int | None = None) -> Plan:
     """The plan again, tiles laid by the planner's own pure functions; checked against the
-    tile count the planner reported."""
+    tile count the planner reported. ``max_tiles``: refuse (before laying a single tile) a
+    plan larger than that — the operator's memory must not grow with a hostile input."""
+    declared = d.get("tiles") if isinstance(d, dict) else None
+    if max_tiles is not None and isinstance(declared, int) and declared > max_tiles:
+        raise DescriptorError(
+            f"the plan has {declared:,} tiles, above the operator's limit of {max_tiles:,}"
+        )
     if not isinstance(d, dict) or d.get("v") != DESCRIPTOR_VERSION:
         got = d.get("v") if isinstance(d, dict) else type(d).__name__
         raise DescriptorError(

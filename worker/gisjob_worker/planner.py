@@ -18,18 +18,20 @@ from . import memory
 from .errors import InputError, SpecError
 from .inputs import input_files, raster_file, vector_file
 from .plan import (
+    MAX_TILES_ENV,
     Plan,
     RasterFile,
     Sizing,
     Tile,
     VectorFile,
-    make_raster_tile,
-    make_vector_tile,
+    file_tile_count,
+    file_tiles,
+    max_tiles,
     placeholder_file,
 )
 from .registry import RasterOperation, VectorOperation, get_operation, output_format
 from .spec import GisJob
-from .tiles import feature_ranges, parse_tile_id, raster_grid, raster_tile_id, vector_tile_id
+from .tiles import parse_tile_id
 
 PLANNER_VERSION = 2  # 2: vector tiles from the real FIDs (sparse ids), raster masks
 
@@ -83,27 +85,27 @@ def _build_plan(job: GisJob, file_indexes: list[int] | None) -> Plan:
     )
     files: list[RasterFile | VectorFile] = []
     tiles: list[Tile] = []
+    tile_size, per_tile = job.spec.tiling.tile_size, job.spec.tiling.features_per_tile
+    limit, count = max_tiles(), 0
     wanted = set(range(len(uris))) if file_indexes is None else set(file_indexes)
     for i, uri in enumerate(uris):
         if i not in wanted:
             files.append(placeholder_file(i, uri, op.kind))
             continue
-        fi = i if multi else None
+        f: RasterFile | VectorFile
         if isinstance(op, RasterOperation):
-            rf = raster_file(i, uri, op, params)
-            files.append(rf)
-            for r, c, win in raster_grid(
-                rf.width, rf.height, job.spec.tiling.tile_size, rf.block_width, rf.block_height
-            ):
-                tiles.append(make_raster_tile(sizing, rf, raster_tile_id(fi, r, c), win))
+            f = raster_file(i, uri, op, params)
         else:
-            per_tile = job.spec.tiling.features_per_tile
-            vf = vector_file(i, uri, job.spec.input.layer, op, params, per_tile)
-            files.append(vf)
-            for k, rng in enumerate(
-                feature_ranges(vf.first_fid, vf.features, per_tile, vf.fid_bounds)
-            ):
-                tiles.append(make_vector_tile(sizing, vf, vector_tile_id(fi, k), rng))
+            f = vector_file(i, uri, job.spec.input.layer, op, params, per_tile)
+        files.append(f)
+        count += file_tile_count(f, tile_size, per_tile)
+        if count > limit:  # counted before laying them: the planner's memory stays bounded
+            raise InputError(
+                f"{uri}: the plan would have {count:,} tiles or more, above the limit of "
+                f"{limit:,} (${MAX_TILES_ENV}); raise spec.tiling.tileSize or "
+                "featuresPerTile, or split the input"
+            )
+        tiles.extend(file_tiles(sizing, f, tile_size, per_tile, multi=multi))
     return Plan(
         job=job.name,
         kind=op.kind,
