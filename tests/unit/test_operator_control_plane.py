@@ -21,6 +21,7 @@ from opsim import Stage
 
 from conftest import write_raster
 from gisjob_worker import plandesc
+from gisjob_worker.plan import Plan
 from gisjob_worker.planner import build_plan
 from gisjob_worker.spec import parse_job
 
@@ -70,17 +71,14 @@ def planned_stage(tmp_path: Path, **settings: Any) -> tuple[Stage, dict[str, Any
     return stage, record
 
 
+def _plan_of(spec: dict[str, Any]) -> Plan:
+    doc = {"apiVersion": "gisjob.dev/v1alpha1", "kind": "GisJob", "metadata": {"name": "j"}}
+    return build_plan(parse_job({**doc, "spec": spec}))
+
+
 def test_descriptor_round_trip_lays_the_planners_tiles(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
-    job = parse_job(
-        {
-            "apiVersion": "gisjob.dev/v1alpha1",
-            "kind": "GisJob",
-            "metadata": {"name": "j"},
-            "spec": spec,
-        }
-    )
-    plan = build_plan(job)
+    plan = _plan_of(spec)
     desc = plandesc.descriptor(plan, 128, 100_000)
     text, sha = plandesc.encode(desc)
     again = plandesc.from_descriptor(plandesc.decode(text, sha))
@@ -99,15 +97,7 @@ def test_descriptor_round_trip_lays_the_planners_tiles(tmp_path: Path) -> None:
 def test_a_100k_tile_plan_fits_inline_in_a_termination_message(tmp_path: Path) -> None:
     """One large raster: 100,000 tiles from a descriptor of a few hundred bytes."""
     spec = _spec(tmp_path)
-    job = parse_job(
-        {
-            "apiVersion": "gisjob.dev/v1alpha1",
-            "kind": "GisJob",
-            "metadata": {"name": "j"},
-            "spec": spec,
-        }
-    )
-    plan = build_plan(job)
+    plan = _plan_of(spec)
     desc = plandesc.descriptor(plan, 128, 100_000)
     (f,) = desc["files"]
     f.update(width=128 * 400, height=128 * 250)

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from .ledger import LedgerError, LedgerRecord, LedgerVersionError
 from .logs import get_logger
-from .outputs import fsync_dir, temp_name
+from .outputs import fsync_dir, temp_name, write_fd
 
 STATE_DIR = ".gisjob"
 LEDGER_DIR = "ledger"
@@ -100,14 +100,7 @@ class LocalLedgerStore:
         data = (record.dumps() + "\n").encode()
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_fd(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), data)
             os.replace(tmp, final)
             fsync_dir(final.parent)
         except OSError as exc:

@@ -59,6 +59,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_fd(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to an open file descriptor, fsync and close it."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def commit(tmp: Path, final: Path) -> int:
     """fsync ``tmp``, rename it to ``final``, fsync the folder; returns the file size."""
     with open(tmp, "rb+") as fh:

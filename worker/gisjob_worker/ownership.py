@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import GisJobError, InputError
-from .outputs import fsync_dir, remove_quietly, temp_name
+from .outputs import fsync_dir, remove_quietly, temp_name, write_fd
 
 OWNER_ENV = "GISJOB_OWNER"
 STATE_DIR = ".gisjob"  # the same folder as the ledger's (ledgerstore.STATE_DIR)
@@ -205,19 +205,8 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _write_fd(fd: int, data: bytes) -> None:
-    """Write all of ``data``, fsync, close."""
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_new(path: Path, data: bytes) -> None:
-    _write_fd(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), data)
+    write_fd(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), data)
 
 
 def _create(path: Path, data: bytes) -> bool:
@@ -246,7 +235,7 @@ def _create_exclusive(path: Path, data: bytes) -> bool:
     except FileExistsError:
         return False
     try:
-        _write_fd(fd, data)
+        write_fd(fd, data)
     except OSError:
         remove_quietly(path)  # ours, and empty or partial: let the next claim try again
         raise
