@@ -36,8 +36,13 @@ ensure_command() {
     command -v "$1" >/dev/null 2>&1 || die "$1 still missing after installing $2"
 }
 
-# The cluster tests drive the API server with kubectl too.
+# The cluster tests drive the API server with kubectl too; the dev cluster makes its
+# certificates (and the test kubelet its serving certificate) with openssl; the operator tests
+# hide the data folder from the operator in a mount namespace (unshare, nsenter).
 ensure_command kubectl kubernetes-client
+ensure_command openssl openssl
+ensure_command unshare util-linux
+ensure_command nsenter util-linux
 
 has_all() {
     local d="$1"
