@@ -713,13 +713,18 @@ def test_evicted_worker_without_finished_at_gets_a_successor_as_it_was(
                         "message": "The node was low on resource: memory."}},
         )  # fmt: skip
 
+    def attempt_pods(attempt: str) -> list[Any]:
+        return [
+            p
+            for p in job_pods(setup, "evict")
+            if p.metadata.labels["gisjob.dev/attempt"] == attempt
+        ]
+
     first = wait_for(lambda: job_pods(setup, "evict"), timeout=90, what="a worker pod")[0]
     memory = first.spec.containers[0].resources.limits["memory"]
     evict(first.metadata.name)
     second = wait_for(
-        lambda: [
-            p for p in job_pods(setup, "evict") if p.metadata.labels["gisjob.dev/attempt"] == "1"
-        ],
+        lambda: attempt_pods("1"),
         timeout=60,
         what="a successor of the evicted pod",
     )[0]
@@ -731,9 +736,7 @@ def test_evicted_worker_without_finished_at_gets_a_successor_as_it_was(
     assert history[0]["d"] is True and history[0]["o"] is False
     evict(second.metadata.name)
     third = wait_for(
-        lambda: [
-            p for p in job_pods(setup, "evict") if p.metadata.labels["gisjob.dev/attempt"] == "2"
-        ],
+        lambda: attempt_pods("2"),
         timeout=60,
         what="a successor of the second evicted pod",
     )[0]

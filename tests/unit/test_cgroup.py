@@ -445,18 +445,21 @@ def _leftover(d: Path, *, procs: str = "", oom_kill: int = 5) -> None:
     (d / "cgroup.procs").write_text(procs)
 
 
+def _unlimited_parent(root: Path, version: int) -> tuple[Path, str]:
+    """The runner's own cgroup (no limit) in a fake cgroupfs, and its /proc/self/cgroup."""
+    if version == 2:
+        return _v2_parent(root), V2_TEXT
+    parent = root / "memory" / "kubepods" / "burstable" / "pod1" / "abc"
+    _v1_files(parent, limit=V1_NO_LIMIT)
+    return parent, V1_TEXT
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_create_child_makes_a_fresh_cgroup(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int
 ) -> None:
     root = tmp_path / "cg"
-    if version == 2:
-        parent = _v2_parent(root)
-        text = V2_TEXT
-    else:
-        parent = root / "memory" / "kubepods" / "burstable" / "pod1" / "abc"
-        _v1_files(parent, limit=V1_NO_LIMIT)
-        text = V1_TEXT
+    parent, text = _unlimited_parent(root, version)
     FakeCgroupFs(root, version, monkeypatch)
     cg = create_child("w1", 300 * 2**20, root, text)
     assert cg is not None and cg.path == parent / "w1" and cg.version == version
@@ -474,13 +477,7 @@ def test_a_leftover_empty_child_is_removed_and_made_again(
     made afresh — not reused with that run's peak and OOM kills (a stale oom_kill would
     make a clean exit look like an OOM kill)."""
     root = tmp_path / "cg"
-    if version == 2:
-        parent = _v2_parent(root)
-        text = V2_TEXT
-    else:
-        parent = root / "memory" / "kubepods" / "burstable" / "pod1" / "abc"
-        _v1_files(parent, limit=V1_NO_LIMIT)
-        text = V1_TEXT
+    parent, text = _unlimited_parent(root, version)
     FakeCgroupFs(root, version, monkeypatch)
     _leftover(parent / "w1")
     cg = create_child("w1", 2**28, root, text)
@@ -496,13 +493,7 @@ def test_a_leftover_child_in_use_is_left_alone_and_a_new_name_used(
     """The leftover still holds a process (a worker that outlived its runner), or a cgroup
     of its own: it cannot be removed and must not be shared; a fresh name is used."""
     root = tmp_path / "cg"
-    if version == 2:
-        parent = _v2_parent(root)
-        text = V2_TEXT
-    else:
-        parent = root / "memory" / "kubepods" / "burstable" / "pod1" / "abc"
-        _v1_files(parent, limit=V1_NO_LIMIT)
-        text = V1_TEXT
+    parent, text = _unlimited_parent(root, version)
     FakeCgroupFs(root, version, monkeypatch)
     _leftover(parent / "w1", procs="4242\n")
     _leftover(parent / "w2")
