@@ -159,8 +159,7 @@ def unrecorded_history(
     import json
 
     from . import policy
-    from .ledger import LedgerRecord
-    from .ledgerrecord import outcome_of
+    from .ledgerrecord import runner_record
 
     if not req.history:
         return []
@@ -168,33 +167,20 @@ def unrecorded_history(
         entries = json.loads(req.history)
     except ValueError:
         return []
+    if not isinstance(entries, list) or not entries:
+        return []
+    recorded = {r.attempt for r in store.records(digest, tile=req.tile)}  # one listing
     out = []
-    for h in entries if isinstance(entries, list) else []:
+    for h in entries:
         try:
             attempt = policy.attempt_from_history(req.tile, h)
         except (KeyError, TypeError, ValueError):
             continue
-        if store.records(digest, tile=req.tile, attempt=attempt.number):
+        if attempt.number in recorded:
             continue
         what = "OOMKilled" if attempt.oom_killed else f"exit {attempt.exit_code}"
-        out.append(
-            LedgerRecord(
-                job=job_name,
-                digest=digest,
-                tile=req.tile,
-                attempt=attempt.number,
-                outcome=outcome_of(attempt),
-                writer="runner",
-                strategy=attempt.strategy,
-                memory=attempt.memory,
-                chunk_scale=attempt.chunk_scale,
-                exit_code=attempt.exit_code,
-                oom_killed=attempt.oom_killed,
-                disrupted=attempt.disrupted,
-                error=f"{what}: ended before it could record itself (as the operator saw it)",
-                recorded_at=time.time(),
-            )
-        )
+        error = f"{what}: ended before it could record itself (as the operator saw it)"
+        out.append(runner_record(job_name, digest, attempt, error=error))
     return out
 
 

@@ -219,3 +219,27 @@ def _checked(attr: str, value: object) -> object:
 def outcome_of(attempt: policy.Attempt) -> RecordOutcome:
     failure = attempt.failure
     return "succeeded" if failure is None else failure
+
+
+def runner_record(job: str, digest: str, attempt: policy.Attempt, **fields: Any) -> LedgerRecord:
+    """The record an executor writes for an attempt that could not write its own (killed
+    before it recorded): the attempt's facts, outcome from the policy; ``fields`` add what
+    else the executor knows (output, peaks, error, …)."""
+    import time
+
+    return LedgerRecord(
+        job=job,
+        digest=digest,
+        tile=attempt.tile,
+        attempt=attempt.number,
+        outcome=outcome_of(attempt),
+        writer="runner",
+        strategy=attempt.strategy,
+        memory=attempt.memory,
+        chunk_scale=attempt.chunk_scale,
+        exit_code=attempt.exit_code,
+        oom_killed=attempt.oom_killed,
+        disrupted=attempt.disrupted,
+        recorded_at=time.time(),
+        **fields,
+    )

@@ -14,7 +14,6 @@ record becomes a retryable failure (its output is nobody's to delete).
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,6 +22,7 @@ from . import ledger, policy
 from .attempt import AttemptRequest
 from .errors import EXIT_ERROR
 from .ledger import LedgerError, LedgerRecord, LedgerView, Resolution, TileEntry
+from .ledgerrecord import runner_record
 from .ledgerstore import LedgerStore, stat_output
 from .plan import Plan, Tile, split_tile
 from .runtypes import TileRun
@@ -265,19 +265,10 @@ class TileBook:
             oom_killed=ex.kill.oom_killed,
             disrupted=ex.kill.disrupted,
         )
-        return LedgerRecord(
-            job=self.job_name,
-            digest=self.plan.digest,
-            tile=launch.tile.id,
-            attempt=launch.number,
-            outcome=ledger.outcome_of(attempt),
-            writer="runner",
-            strategy=launch.strategy,
-            memory=launch.memory,
-            chunk_scale=launch.chunk_scale,
-            exit_code=exit_code,
-            oom_killed=ex.kill.oom_killed,
-            disrupted=ex.kill.disrupted,
+        return runner_record(
+            self.job_name,
+            self.plan.digest,
+            attempt,
             output=output,
             bytes=size,
             mtime_ns=mtime,
@@ -290,7 +281,6 @@ class TileBook:
             bytes_written=res.bytesWritten if res else 0,
             seconds=ex.seconds,
             error=error,
-            recorded_at=time.time(),
         )
 
     # ------------------------------------------------------------------------- manifest
