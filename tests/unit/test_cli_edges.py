@@ -757,13 +757,13 @@ def test_reported_peaks_come_from_every_attempt_record() -> None:
     ]
 
 
-def test_plan_warns_about_requests_no_node_can_hold(tmp_path: Path) -> None:
+def test_plan_warns_about_requests_no_node_can_hold(
+    tmp_path: Path, make_raster: Callable[..., Path]
+) -> None:
     """Issue 17 #6: `gisjob plan --node-memory` names the tiles no node could hold; an
     absurd request (1 EiB) is a warning even without it."""
-    from conftest import write_raster
-
     src = tmp_path / "in.tif"
-    write_raster(src, width=256, height=256, count=2, block=64)
+    make_raster(src, width=256, height=256, count=2, block=64)
     doc = {
         "apiVersion": "gisjob.dev/v1alpha1",
         "kind": "GisJob",

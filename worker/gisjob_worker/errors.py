@@ -37,3 +37,8 @@ class MemoryCeilingError(GisJobError):
         super().__init__(message)
         self.needed = needed
         self.ceiling = ceiling
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines included) as one space."""
+    return " ".join(str(text).split())

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, one_line
 from .plan import MASK_BYTES_PER_PIXEL, RasterFile, VectorFile
 from .registry import RasterOperation, RasterSource, VectorOperation, VectorRead
 from .spec import GisJob
@@ -33,10 +33,6 @@ def input_files(job: GisJob) -> list[str]:
     if not files:
         raise InputError(f"{inp.glob}: spec.input.glob matches no file")
     return files
-
-
-def one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def open_raster_source(uri: str) -> Any:

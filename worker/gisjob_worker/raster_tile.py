@@ -254,7 +254,7 @@ def _rio(window: Window) -> Any:
     return RioWindow(window.col_off, window.row_off, window.width, window.height)
 
 
-def _profile(ds: Any, f: RasterFile, window: Window, fmt: str) -> dict[str, Any]:
+def _profile(ds: Any, f: RasterFile, window: Window) -> dict[str, Any]:
     out = f.output
     profile: dict[str, Any] = {
         "driver": "GTiff",
@@ -292,7 +292,7 @@ def run_raster(ctx: TileContext, op: RasterOperation[Any], final: Path) -> None:
         masks = band_masks(ds, f.bands)
         reader = _Reader(ds, f.uri)
         per_chunk = int(ctx.tile.chunk.pixels * f.bytes_per_pixel * (1 + CHUNK_SLACK))
-        with rasterio.open(work, "w", **_profile(ds, f, ctx.tile.window, fmt)) as dst:
+        with rasterio.open(work, "w", **_profile(ds, f, ctx.tile.window)) as dst:
             for win in chunk_windows(ctx.tile.window, ctx.tile.chunk):
                 started = time.perf_counter()
                 rss0 = ctx.guard.check_before(per_chunk + cache_growth(), f"chunk {win}")

@@ -8,23 +8,15 @@ Only ``gisjob --debug`` lets an unexpected exception through with its traceback.
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
-from typing import IO, Any, NoReturn, TypeVar
+from typing import IO, Any, NoReturn
 
 import click
 
-from ..errors import EXIT_ERROR, GisJobError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from ..errors import EXIT_ERROR, GisJobError, one_line
 
 DEBUG_KEY = "gisjob.debug"
-
-
-def one_line(text: object) -> str:
-    """``text`` with every run of whitespace (newlines included) as one space."""
-    return " ".join(str(text).split())
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -43,26 +35,6 @@ def unexpected(exc: BaseException) -> str:
     text = one_line(exc)
     what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return f"{what} (gisjob --debug ... shows the traceback)"
-
-
-def one_line_errors(fn: F) -> F:
-    """Input errors as one line with their exit code; anything unexpected as one line, exit 1
-    (with ``gisjob --debug``: re-raised, so the traceback shows)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except GisJobError as exc:
-            fail(str(exc), exc.exit_code)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except Exception as exc:
-            if debug_enabled():
-                raise
-            fail(unexpected(exc), EXIT_ERROR)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _show(exc: click.ClickException, file: IO[Any] | None) -> None:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import click
 
 from ..quantity import format_bytes, parse_memory
-from .errors import one_line_errors
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -116,7 +115,6 @@ def print_plan(console: Console, p: Plan, show_all: bool) -> None:
     help="Warn about tiles whose memory request is above this (a node's allocatable memory, "
     "e.g. 16Gi): no node could hold their pods.",
 )
-@one_line_errors
 def plan(
     job_files: tuple[str, ...], as_json: bool, show_all: bool, node_memory: str | None
 ) -> None:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED, InputError
-from .errors import one_line_errors
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -142,7 +141,6 @@ def result_lines(manifest: dict[str, Any], plan: Plan, out_dir: Path) -> list[st
     help="With --metrics-port-base: a finished worker keeps serving until scraped once more, "
     "at most this many seconds (set it to the scrape interval).",
 )
-@one_line_errors
 def run(
     job_file: Path,
     workers: str,
