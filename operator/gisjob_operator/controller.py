@@ -59,7 +59,6 @@ class JobMemo:
     spec_key: str | None = None  # spec_hash of the spec the plan was made for
     plan: Plan | None = None
     tree: TileTree | None = None  # the plan's tile tree, reused by every tick
-    error: str | None = None
     last_write: float = 0.0
     seq: int = 0
     status: dict[str, Any] | None = None  # the last status this process wrote
@@ -295,7 +294,7 @@ class JobController:
         except plandesc.DescriptorError as exc:
             self._fail("PlanningFailed", f"planner pod {pods[-1]['metadata']['name']}: {exc}")
             return None
-        memo.plan, memo.spec_key, memo.tree = plan, key, None
+        memo.plan, memo.spec_key = plan, key  # _tree() lays a new tree for a new plan
         for pod in self.pods:  # planner pods of earlier specs are done with
             meta = pod.get("metadata") or {}
             if (meta.get("labels") or {}).get(LABEL_ROLE) == ROLE_PLANNER and (

@@ -13,6 +13,19 @@ from typing import Any
 
 from gisjob_worker.ranges import decode
 
+# ------------------------------------------------------------------ sub-tile sets in status
+# While splits are open, status carries which sub-tiles are split, succeeded or failed. As
+# lists of ids they cost ~60 bytes per split tile, and a job whose tiles all run out of
+# memory has about two splits open per pod of parallelism: 2,000 pods made 120 KiB. They are
+# written grouped by planned tile instead, one state letter and the split path per entry:
+#
+#     r0003c0007:sdq0dq1fq2,r0003c0008:ssq1dq1q0      (s split, d succeeded, f failed)
+#
+# is r0003c0007 split, its -q0 and -q1 succeeded, -q2 failed; r0003c0008 and its -q1 split,
+# r0003c0008-q1-q0 succeeded. Long texts are zlib-compressed (``z:`` + base64), as tile
+# index sets are: about 5-7 bytes per open split, so status stays small at any parallelism
+# a cluster runs. Plan-free (the ids are spelled out), and the old list form still reads.
+
 SUBTILES_PLAIN_LIMIT = 1024  # characters of group text before the compressed form is tried
 SUBTILES_ZIP_PREFIX = "z:"
 _SPLIT_PART = re.compile(r"-([qh][0-9])$")

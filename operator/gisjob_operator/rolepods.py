@@ -14,9 +14,9 @@ from typing import Any, Literal
 from gisjob_worker import policy
 
 from .pods import LABEL_ATTEMPT, LABEL_ROLE
-from .podview import parse_time
+from .podview import FINISHED, parse_time
 
-FINISHED_PHASES = ("Succeeded", "Failed")
+FINISHED_PHASES = FINISHED
 StepState = Literal["running", "done", "failed"]
 
 

@@ -80,7 +80,7 @@ def progress_status(plan: Plan, p: Progress, actions: Actions | None) -> dict[st
             "requestMaxBytes": plan.max_request,
         },
         # open splits, grouped by planned tile and compressed when long (see
-        # reconcile.encode_subtiles); a string replaces any earlier form under merge-patch,
+        # progress.encode_subtiles); a string replaces any earlier form under merge-patch,
         # and null removes the key when no split is in progress
         "subtiles": encode_subtiles(p.split, p.sub_done, p.sub_failed) or None,
     }

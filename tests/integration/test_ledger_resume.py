@@ -177,15 +177,31 @@ def test_a_torn_record_is_skipped_and_its_tile_redone(tmp_path: Path) -> None:
 
 
 def test_old_journal_files_are_ignored(tmp_path: Path) -> None:
+    """A journal of an earlier version that claims every tile complete — in both old line
+    forms, for this very plan and its outputs as they are — is not read: without ledger
+    records the tiles run again (an old journal can neither crash nor skip a resume)."""
+    import shutil
+
     job = _job(tmp_path)
     out = tmp_path / "out"
-    (out / ".gisjob").mkdir(parents=True)
-    (out / ".gisjob" / "journal.jsonl").write_text(
-        '{"digest": "x", "record": {"tile": "r0000c0000"}}\n{"digest": "x", "tile": {}}\n'
-    )
+    first = run_cli("run", str(job))
+    assert first.code == 0, first.stderr[-2000:]
+    manifest = _manifest(out)
+    lines = []
+    for tile in manifest["tiles"]:
+        st = (out / tile["output"]).stat()
+        entry = {**tile, "bytes": st.st_size, "mtimeNs": st.st_mtime_ns}
+        lines.append({"digest": manifest["digest"], "tile": entry})  # the local runner's
+        lines.append({"digest": manifest["digest"], "record": {"tile": tile["id"]}})  # operator
+    shutil.rmtree(out / ".gisjob" / "ledger")
+    (out / ".gisjob" / "journal.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    before = {t["id"]: (out / t["output"]).stat().st_mtime_ns for t in manifest["tiles"]}
     run = run_cli("run", str(job))
     assert run.code == 0, run.stderr[-2000:]
-    assert _manifest(out)["outcome"] == "succeeded"
+    again = _manifest(out)
+    assert again["outcome"] == "succeeded"
+    after = {t["id"]: (out / t["output"]).stat().st_mtime_ns for t in again["tiles"]}
+    assert all(after[k] != before[k] for k in before), "a tile was skipped on an old journal"
 
 
 # ------------------------------------------------------------------ what a job may delete

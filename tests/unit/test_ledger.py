@@ -390,7 +390,6 @@ def test_superseded_outputs_are_owned_ones_the_final_manifest_does_not_list() ->
     # a failed tile's old output is superseded too; a user's file (no record) never is
     final[0] = TileEntry(T0, "failed")
     assert set(superseded_outputs(records, final)) == {"tiles/r0009c0009.tif", f"tiles/{T0}.tif"}
-    assert "tiles/notes.txt" not in superseded_outputs(records, final)
 
 
 def test_tile_counts() -> None:

@@ -47,14 +47,6 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     outputs.write_atomic(path, json.dumps(data, indent=1, sort_keys=False))
 
 
-def read_manifest(out_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((out_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 # ----------------------------------------------------------------------------- mosaic VRT
 
 

@@ -10,7 +10,6 @@ means for the tile is :mod:`tilestate`'s job.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import signal
@@ -24,13 +23,12 @@ from typing import IO, Any
 
 from .attempt import AttemptRequest
 from .cgroup import ChildCgroup, create_child
-from .forkserver import ForkedWorker, ForkServer, ForkServerError
+from .forkserver import ForkedWorker, ForkServer, ForkServerError, die_with_parent
 from .result import ResultRecord
 
 TERM_GRACE_SECONDS = 10.0
 BACKSTOP_FACTOR = 2.0
 BACKSTOP_EXTRA = 1024**3
-PR_SET_PDEATHSIG = 1
 DEFAULT_WORKER_COMMAND = (sys.executable, "-m", "gisjob_worker")
 VMSTAT = Path("/proc/vmstat")
 
@@ -94,12 +92,7 @@ def backstop_for(memory: int) -> int:
 
 def _preexec(cgroup: ChildCgroup | None, backstop: int | None) -> Callable[[], None]:
     def setup() -> None:
-        # die with the runner (a SIGKILLed runner must not leave workers writing)
-        try:
-            libc = ctypes.CDLL(None)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
+        die_with_parent()  # a SIGKILLed runner must not leave workers writing
         if cgroup is not None:
             cgroup.add(os.getpid())
         if backstop is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from . import ledger, policy
@@ -29,14 +29,6 @@ from .runtypes import TileRun
 from .supervisor import Exited
 
 CLOCK_SLACK = 1.0  # seconds: a worker's record is this attempt's if written after its start
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one finished attempt meant: the recorded attempt and the policy's decision."""
-
-    record: LedgerRecord
-    decision: policy.Decision | None  # None: stopped by the runner, not decided
 
 
 def kill_text(ex: Exited) -> str | None:
