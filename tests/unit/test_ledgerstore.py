@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from gisjob_worker import outputs
 from gisjob_worker.ledger import LedgerError, LedgerRecord, LedgerVersionError
-from gisjob_worker.ledgerstore import LocalLedgerStore, list_all, stat_output
+from gisjob_worker.ledgerstore import LocalLedgerStore, list_all, output_identity
 
 DIGEST = "d1g3st0000000001"
 
@@ -142,8 +142,10 @@ def test_output_ok_checks_size_and_mtime(tmp_path: Path) -> None:
     out = tmp_path / "tiles" / "r0000c0000.tif"
     out.parent.mkdir()
     out.write_bytes(b"x" * 10)
-    rel, size, mtime = stat_output(tmp_path, out)
+    rel, st = output_identity(str(tmp_path), str(out))
+    size, mtime = st.size, st.mtime_ns
     assert (rel, size) == ("tiles/r0000c0000.tif", 10)
+    assert mtime is not None
     good = rec("r0000c0000", output=rel, bytes=size, mtime_ns=mtime)
     assert store.output_ok(good)
     assert not store.output_ok(rec("r0000c0000", output=rel, bytes=11, mtime_ns=mtime))

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import EXIT_ERROR, EXIT_INPUT, SpecError
+from .errors import EXIT_ERROR, EXIT_INPUT, GisJobError, SpecError
 from .result import ResultRecord
 
 if TYPE_CHECKING:  # light at import: the runner imports this before it plans
@@ -115,11 +115,12 @@ def ledger_record(
 ) -> LedgerRecord:
     """The worker's ledger record of this attempt (stats the output it names)."""
     from .ledger import LedgerRecord
-    from .ledgerstore import stat_output
+    from .ledgerstore import output_identity
 
-    rel = size = mtime = None
+    rel = size = mtime = etag = None
     if result.output and result.exitCode == 0:
-        rel, size, mtime = stat_output(out_dir, result.output)
+        rel, st = output_identity(out_dir, result.output)
+        size, mtime, etag = st.size, st.mtime_ns, st.etag
     return LedgerRecord(
         job=job_name,
         digest=digest,
@@ -134,6 +135,7 @@ def ledger_record(
         output=rel,
         bytes=size,
         mtime_ns=mtime,
+        etag=etag,
         peak_rss_bytes=result.peakRssBytes,
         cgroup_peak_bytes=result.cgroupPeakBytes,
         estimated_peak_bytes=result.estimatedPeakBytes,
@@ -188,7 +190,8 @@ def record_outcome(job: GisJob, req: AttemptRequest, result: ResultRecord) -> No
     """Put the attempt's ledger record in the output location; on failure turn the result
     into a retryable error that says why (the tile's own outcome kept in the message)."""
     from .ledger import LedgerError
-    from .ledgerstore import LocalLedgerStore
+    from .ledgerstore import LocationLedgerStore
+    from .location import open_location
     from .tiles import parse_tile_id
 
     try:
@@ -196,7 +199,12 @@ def record_outcome(job: GisJob, req: AttemptRequest, result: ResultRecord) -> No
     except ValueError:
         return  # not a tile id of any plan (its input error says so): nothing to record
     out_dir = job.spec.output.uri
-    store = LocalLedgerStore(out_dir)
+    try:
+        store = LocationLedgerStore(open_location(out_dir))
+    except GisJobError as exc:
+        result.outcome, result.exitCode = "error", EXIT_ERROR
+        result.error = f"could not record the outcome: {exc}"
+        return
     try:
         if not result.digest:
             raise LedgerError(
@@ -208,7 +216,7 @@ def record_outcome(job: GisJob, req: AttemptRequest, result: ResultRecord) -> No
         result.ledgerRecord = store.put(
             ledger_record(job.name, out_dir, req, result, result.digest)
         )
-    except (LedgerError, OSError) as exc:
+    except (LedgerError, OSError, GisJobError) as exc:
         text = (
             str(exc)
             if isinstance(exc, LedgerError)
@@ -225,7 +233,6 @@ def check_owner(job: GisJob, tile: str) -> ResultRecord | None:
     attempt, which writes nothing there — exit 2 for another job's location or an unreadable
     owner record, 1 when the file system fails."""
     from . import ownership
-    from .errors import GisJobError
 
     try:
         owner = ownership.owner_from_env()

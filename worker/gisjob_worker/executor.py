@@ -11,7 +11,9 @@ the runner records those of workers killed before they could, so a killed runner
 
 from __future__ import annotations
 
+import hashlib
 import signal
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,7 +24,8 @@ from typing import Any
 from . import finalize, policy
 from .errors import InputError
 from .forkserver import ForkServer
-from .ledgerstore import LedgerStore, LocalLedgerStore, list_all
+from .ledgerstore import LedgerStore, LocationLedgerStore, list_all
+from .location import LocalLocation, Location, open_location
 from .plan import Plan
 from .quantity import format_bytes
 from .runtypes import RunResult, Sample, Snapshot, TileRun
@@ -59,6 +62,15 @@ class RunOptions:
     fork_server: bool = True
 
 
+def local_state_dir(job: GisJob, location: Location) -> Path:
+    """Where the runner keeps worker logs: ``.gisjob/`` of a local output folder; for an
+    object-store output a local folder named after the job and its output URI."""
+    if isinstance(location, LocalLocation):
+        return location.root / STATE_DIR
+    tag = hashlib.sha256(location.uri.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "gisjob-runs" / f"{job.name}-{tag}"
+
+
 class LocalExecutor:
     def __init__(
         self,
@@ -75,9 +87,9 @@ class LocalExecutor:
         self.job = job
         self.plan = plan
         self.opts = options
-        self.out_dir = Path(job.spec.output.uri)
-        self.state_dir = self.out_dir / STATE_DIR
-        self.store: LedgerStore = store or LocalLedgerStore(self.out_dir)
+        self.location = open_location(job.spec.output.uri)
+        self.state_dir = local_state_dir(job, self.location)
+        self.store: LedgerStore = store or LocationLedgerStore(self.location)
         self.config = policy.PolicyConfig.from_spec(
             job.spec, memory_cap=options.allowance, backoff_base=options.backoff_base
         )
@@ -123,10 +135,10 @@ class LocalExecutor:
         started = time.monotonic()
         self.check_allowance()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        finalize.remove_stale_temporaries(self.out_dir)
+        finalize.remove_stale_temporaries(self.location)
         book = self.book = TileBook(
             self.job.name,
-            str(self.out_dir),
+            self.job.spec.output.uri,
             self.plan,
             self.config,
             self.store,
@@ -159,7 +171,7 @@ class LocalExecutor:
         manifest = finalize.finalize_outputs(
             self.job.name,
             self.plan,
-            self.out_dir,
+            self.location,
             book.entries(),
             self.store,
             [*list_all(self.store), *book.unrecorded],

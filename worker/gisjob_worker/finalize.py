@@ -23,6 +23,7 @@ from xml.sax.saxutils import escape
 from . import ledger, outputs, policy
 from .ledger import LedgerError, LedgerRecord, LedgerView, TileEntry
 from .ledgerstore import LedgerStore, list_all
+from .location import TMP_DIR, LocalLocation, Location
 from .plan import Plan, RasterFile, Tile
 from .spec import GisJob
 
@@ -43,8 +44,8 @@ GDAL_TYPES = {
 }
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    outputs.write_atomic(path, json.dumps(data, indent=1, sort_keys=False))
+def write_json(loc: Location, key: str, data: dict[str, Any]) -> None:
+    loc.write_bytes(key, json.dumps(data, indent=1, sort_keys=False).encode())
 
 
 # ----------------------------------------------------------------------------- mosaic VRT
@@ -86,7 +87,7 @@ def mosaic_vrt(
     return "\n".join(lines) + "\n"
 
 
-def write_mosaics(plan: Plan, out_dir: Path, succeeded: dict[str, tuple[Tile, str]]) -> list[str]:
+def write_mosaics(plan: Plan, loc: Location, succeeded: dict[str, tuple[Tile, str]]) -> list[str]:
     """One mosaic VRT per input file (``mosaic.vrt``; ``mosaic-i0002.vrt`` for many files)."""
     from .inputs import open_raster_source
 
@@ -101,13 +102,13 @@ def write_mosaics(plan: Plan, out_dir: Path, succeeded: dict[str, tuple[Tile, st
             crs_wkt = ds.crs.to_wkt() if ds.crs else ""
             transform = ds.transform.to_gdal()
         name = f"mosaic-i{f.index:04d}.vrt" if multi else "mosaic.vrt"
-        outputs.write_atomic(out_dir / name, mosaic_vrt(plan, f, crs_wkt, transform, tiles))
+        loc.write_bytes(name, mosaic_vrt(plan, f, crs_wkt, transform, tiles).encode())
         written.append(name)
     return written
 
 
 def remove_superseded(
-    out_dir: Path,
+    loc: Location,
     store: LedgerStore,
     records: Iterable[LedgerRecord],
     entries: Iterable[TileEntry],
@@ -118,14 +119,22 @@ def remove_superseded(
     for rel, claims in ledger.superseded_outputs(records, entries).items():
         if not any(store.output_ok(r) for r in claims):
             continue  # gone already, or rewritten by someone the ledger does not know
-        outputs.remove_quietly(out_dir / rel)
+        loc.delete(rel)
         removed.append(rel)
     return removed
 
 
-def remove_stale_temporaries(out_dir: Path) -> list[str]:
-    """Temporaries of killed writers in ``tiles/`` and ``parts/`` (our pattern only)."""
+def remove_stale_temporaries(loc: Location) -> list[str]:
+    """Temporaries of killed writers: in ``tiles/`` and ``parts/`` (our pattern only) of a
+    folder, under ``.gisjob/tmp/`` of an object-store prefix (uploads never copied into
+    place)."""
     removed: list[str] = []
+    if not isinstance(loc, LocalLocation):
+        for key in loc.list(TMP_DIR):
+            loc.delete(key)
+            removed.append(key)
+        return removed
+    out_dir = loc.root
     for sub in (outputs.TILES_DIR, outputs.PARTS_DIR):
         for stale in outputs.stale_temporaries(out_dir / sub):
             outputs.remove_quietly(stale)
@@ -136,7 +145,7 @@ def remove_stale_temporaries(out_dir: Path) -> list[str]:
 def finalize_outputs(
     job_name: str,
     plan: Plan,
-    out_dir: Path,
+    loc: Location,
     entries: list[tuple[Tile, TileEntry]],
     store: LedgerStore,
     records: Iterable[LedgerRecord],
@@ -155,15 +164,18 @@ def finalize_outputs(
     complete = not failed and not pending and not interrupted
     extra: dict[str, Any] = {}
     if plan.kind == "raster":
-        extra["mosaics"] = write_mosaics(plan, out_dir, succeeded)
+        extra["mosaics"] = write_mosaics(plan, loc, succeeded)
     else:
         extra["dataset"] = outputs.PARTS_DIR
         if plan.output_format == "GPKG" and complete and succeeded:
             from .gpkgmerge import merge_gpkg_parts
 
-            parts = [rel for _, rel in sorted(succeeded.values(), key=lambda tr: tr[0].id)]
-            merged = merge_gpkg_parts(out_dir, parts, job=job_name)
-            extra["geopackage"] = Path(merged).name
+            ordered = sorted(succeeded.values(), key=lambda tr: tr[0].id)
+            parts = [loc.gdal_path(rel) for _, rel in ordered]
+            name = f"{job_name}.gpkg"
+            merged = merge_gpkg_parts(loc.scratch(name).parent, parts, job=job_name)
+            loc.publish(Path(merged), name)
+            extra["geopackage"] = name
     manifest = {
         "apiVersion": "gisjob.dev/v1alpha1",
         "kind": "GisJobManifest",
@@ -178,9 +190,9 @@ def finalize_outputs(
         "pendingTiles": pending,
         **extra,
     }
-    write_json_atomic(out_dir / MANIFEST, manifest)
-    remove_superseded(out_dir, store, records, (e for _, e in entries))
-    remove_stale_temporaries(out_dir)
+    write_json(loc, MANIFEST, manifest)
+    remove_superseded(loc, store, records, (e for _, e in entries))
+    remove_stale_temporaries(loc)
     return manifest
 
 
@@ -214,7 +226,7 @@ def cross_check(plan: Plan, view: LedgerView, completed: set[int], failed: set[i
 def finalize_job(
     job: GisJob,
     plan: Plan,
-    out_dir: Path,
+    loc: Location,
     store: LedgerStore,
     operator_view: tuple[set[int], set[int]] | None = None,
 ) -> dict[str, Any]:
@@ -235,4 +247,4 @@ def finalize_job(
         config = policy.PolicyConfig.from_spec(job.spec)
         resolve = ledger.policy_resolver(plan, view, config)
     entries = ledger.manifest_entries(plan, view, resolve)
-    return finalize_outputs(job.name, plan, out_dir, entries, store, records)
+    return finalize_outputs(job.name, plan, loc, entries, store, records)

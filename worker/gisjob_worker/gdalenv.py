@@ -57,9 +57,18 @@ def configure(cache_bytes: int, num_threads: int, extra: Mapping[str, str] | Non
 
 
 def configure_for(job: GisJob) -> None:
-    """:func:`configure` with a job's cache, threads and ``spec.gdalConfig``."""
+    """:func:`configure` with a job's cache, threads, object-storage settings translated
+    from the AWS environment (:func:`storage.gdal_storage_env`) and ``spec.gdalConfig``."""
+    from . import storage
+    from .errors import InputError
+
     res = job.spec.resources
-    configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)), job.spec.gdal_config)
+    try:
+        net = storage.gdal_storage_env(os.environ, requester_pays=job.spec.storage.requester_pays)
+    except storage.StorageUriError as exc:
+        raise InputError(str(exc)) from None
+    extra = {**net, **job.spec.gdal_config}
+    configure(int(res.gdal_cache_max), max(1, int(res.cpu_count)), extra)
 
 
 # pyogrio probes these at import (pyogrio._compat: ``try: import geopandas``, ``import

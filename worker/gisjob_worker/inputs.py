@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import InputError, one_line
+from . import storage
+from .errors import GisJobError, InputError, one_line
 from .plan import MASK_BYTES_PER_PIXEL, RasterFile, VectorFile
 from .registry import RasterOperation, RasterSource, VectorOperation, VectorRead
 from .spec import GisJob
@@ -22,24 +23,104 @@ from .tiles import FeatureRange, FidBoundaries, FidPass, SampledFidBoundaries, f
 VECTOR_SAMPLE_ROWS = 500
 
 
+def _gdal_path(uri: str, field: str) -> str:
+    try:
+        return storage.gdal_path(uri)
+    except storage.StorageUriError as exc:
+        raise InputError(f"{field}: {exc}") from None
+
+
 def input_files(job: GisJob) -> list[str]:
+    """The job's input files as GDAL opens them (``s3://b/k`` → ``/vsis3/b/k``)."""
     inp = job.spec.input
     if inp.uri:
-        return [inp.uri]
+        return [_gdal_path(inp.uri, "spec.input.uri")]
     if inp.uris:
-        return list(inp.uris)
+        return [_gdal_path(u, f"spec.input.uris[{i}]") for i, u in enumerate(inp.uris)]
     assert inp.glob is not None
-    files = sorted(globmod.glob(inp.glob))
+    local = storage.is_local(inp.glob)
+    files = sorted(globmod.glob(inp.glob)) if local else _object_glob(inp.glob)
     if not files:
         raise InputError(f"{inp.glob}: spec.input.glob matches no file")
     return files
+
+
+def _object_glob(pattern: str) -> list[str]:
+    """Objects matching ``pattern`` (``s3://bucket/prefix/*.tif``): one listing of the prefix
+    before the first wildcard, matched segment by segment like ``glob.glob``."""
+    path = _gdal_path(pattern, "spec.input.glob")
+    obj = storage.parse_object_uri(path)
+    if obj is None or storage.has_wildcard(obj.bucket):
+        raise InputError(
+            f"{pattern}: spec.input.glob: only keys may hold wildcards, in s3://, gs:// or "
+            "az:// (or their /vsi paths)"
+        )
+    root = storage.glob_root(obj.key)
+    if obj.scheme == "s3":
+        import pyarrow.fs as pafs
+
+        from .location import s3_filesystem
+
+        base = f"{obj.bucket}/{root}".rstrip("/")
+        try:
+            infos = s3_filesystem().get_file_info(pafs.FileSelector(base, recursive=True))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise _storage_error(pattern, str(exc)) from None
+        keys = [i.path.split("/", 1)[1] for i in infos if i.type == pafs.FileType.File]
+    else:
+        from . import gdalenv
+
+        pyogrio = gdalenv.import_pyogrio()
+        base = storage.ObjectUri(obj.scheme, obj.bucket, root).gdal
+        try:
+            listed = pyogrio.vsi_listtree(base)
+        except (FileNotFoundError, OSError):
+            return []
+        head = f"{storage.OBJECT_SCHEMES[obj.scheme]}{obj.bucket}/"
+        keys = [p[len(head) :] for p in listed if not p.endswith("/")]
+    return sorted(
+        storage.ObjectUri(obj.scheme, obj.bucket, k).gdal
+        for k in keys
+        if storage.glob_matches(obj.key, k)
+    )
+
+
+TRANSIENT_WORDS = (
+    "curl",
+    "http response code: 5",
+    "http error 5",
+    "slowdown",
+    "timed out",
+    "timeout",
+    "connection",
+    "could not connect",
+    "reduce your request rate",
+    "throttl",
+)
+
+
+def _looks_transient(message: str) -> bool:
+    text = message.lower()
+    return any(w in text for w in TRANSIENT_WORDS)
+
+
+def _storage_error(uri: str, message: str) -> GisJobError:
+    """An object store's failure: exit 2 when no retry can help (wrong credentials, a
+    missing bucket or key), else retryable (throttling, 5xx, the network)."""
+    text = storage.redact(one_line(message))
+    permanent = storage.permanent_failure(uri, text)
+    if permanent is not None:
+        return InputError(permanent)
+    return GisJobError(f"{uri}: object storage failed, will retry ({text})")
 
 
 def open_raster_source(uri: str) -> Any:
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    local = "://" not in uri and not uri.startswith("/vsi")
+    local = storage.is_local(uri)
     if local and not os.path.exists(uri):
         raise InputError(f"{uri}: input file not found")
     try:
@@ -50,6 +131,11 @@ def open_raster_source(uri: str) -> Any:
                 return rasterio.open(uri)
         return rasterio.open(uri)
     except RasterioIOError as exc:
+        if storage.is_network(uri):
+            failure = _storage_error(uri, str(exc))
+            if not isinstance(failure, InputError) and not _looks_transient(str(exc)):
+                failure = InputError(f"{uri}: not a raster GDAL can read ({one_line(str(exc))})")
+            raise failure from None
         raise InputError(f"{uri}: not a raster GDAL can read ({one_line(str(exc))})") from None
 
 
@@ -109,11 +195,15 @@ def vector_file(
     import pyogrio
     from pyogrio.errors import DataLayerError, DataSourceError
 
-    if "://" not in uri and not uri.startswith("/vsi") and not os.path.exists(uri):
+    if storage.is_local(uri) and not os.path.exists(uri):
         raise InputError(f"{uri}: input file not found")
     try:
         info = pyogrio.read_info(uri, layer=layer)
     except (DataSourceError, DataLayerError) as exc:
+        if storage.is_network(uri):
+            failure = _storage_error(uri, str(exc))
+            if isinstance(failure, InputError) or _looks_transient(str(exc)):
+                raise failure from None
         raise InputError(
             f"{uri}: not a vector layer GDAL can read ({one_line(str(exc))})"
         ) from None

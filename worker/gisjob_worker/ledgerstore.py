@@ -23,9 +23,10 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
+from .errors import GisJobError
 from .ledger import LedgerError, LedgerRecord, LedgerVersionError
+from .location import LocalLocation, Location, Stat, open_location
 from .logs import get_logger
-from .outputs import fsync_dir, temp_name, write_fd
 
 STATE_DIR = ".gisjob"
 LEDGER_DIR = "ledger"
@@ -76,132 +77,152 @@ def _checked_part(what: str, value: str) -> str:
     return value
 
 
-class LocalLedgerStore:
-    """Records as files in ``<out_dir>/.gisjob/ledger/``."""
+class LocationLedgerStore:
+    """Records as files or objects under ``.gisjob/ledger/`` of an output location."""
 
-    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
-        self.out_dir = Path(out_dir)
-        self.root = self.out_dir / STATE_DIR / LEDGER_DIR
-        self.log = get_logger(ledger=str(self.root))
+    def __init__(self, location: Location) -> None:
+        self.loc = location
+        self.log = get_logger(ledger=location.describe(f"{STATE_DIR}/{LEDGER_DIR}"))
 
     @property
     def location(self) -> str:
-        return str(self.root)
+        return self.loc.describe(f"{STATE_DIR}/{LEDGER_DIR}")
 
-    def record_path(self, record: LedgerRecord) -> Path:
-        """A new, unique file name for ``record``."""
+    def record_key(self, record: LedgerRecord) -> str:
+        """A new, unique key for ``record``."""
         digest = _checked_part("digest", record.digest)
         tile = _checked_part("tile", record.tile)
-        return self.root / digest / f"{tile}.{record.attempt}.{uuid.uuid4().hex}{SUFFIX}"
+        return (
+            f"{STATE_DIR}/{LEDGER_DIR}/{digest}/{tile}.{record.attempt}.{uuid.uuid4().hex}{SUFFIX}"
+        )
 
     def put(self, record: LedgerRecord) -> str:
-        final = self.record_path(record)
-        tmp = temp_name(final)
-        data = (record.dumps() + "\n").encode()
+        key = self.record_key(record)
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            write_fd(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), data)
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
-        except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            reason = exc.strerror or str(exc)
-            raise LedgerError(f"could not record the outcome in {final.parent}: {reason}") from None
-        return str(final)
+            self.loc.write_bytes(key, (record.dumps() + "\n").encode())
+        except (OSError, GisJobError) as exc:
+            reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+            folder = self.loc.describe(key.rsplit("/", 1)[0])
+            raise LedgerError(f"could not record the outcome in {folder}: {reason}") from None
+        return self.loc.describe(key)
 
     def records(
         self, digest: str, tile: str | None = None, attempt: int | None = None
     ) -> list[LedgerRecord]:
-        folder = self.root / _checked_part("digest", digest)
-        if tile is None:
-            pattern = f"*{SUFFIX}"
-        else:
-            pattern = f"{_checked_part('tile', tile)}.{'*' if attempt is None else attempt}.*"
-            pattern += SUFFIX
+        folder = f"{STATE_DIR}/{LEDGER_DIR}/{_checked_part('digest', digest)}"
+        start = "" if tile is None else f"{_checked_part('tile', tile)}."
+        if tile is not None and attempt is not None:
+            start += f"{attempt}."
         try:
-            if not folder.exists():
-                return []
-            paths = sorted(p for p in folder.glob(pattern) if not p.name.startswith("."))
-        except OSError as exc:
+            keys = self.loc.list(folder)
+        except (OSError, GisJobError) as exc:
+            reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
             raise LedgerError(
-                f"cannot read the ledger in {folder}: {exc.strerror or exc}"
+                f"cannot read the ledger in {self.loc.describe(folder)}: {reason}"
             ) from None
         records: list[LedgerRecord] = []
-        for p in paths:
-            named = _RECORD_NAME.fullmatch(p.name)
+        for key in keys:
+            name = key[len(folder) + 1 :]
+            if "/" in name or name.startswith(".") or not name.startswith(start):
+                continue
+            if not name.endswith(SUFFIX):
+                continue
+            where = self.loc.describe(key)
+            named = _RECORD_NAME.fullmatch(name)
             if named is None:
-                self.log.warning("ledger.skipped", path=str(p), reason="not a record's name")
+                self.log.warning("ledger.skipped", path=where, reason="not a record's name")
                 continue
             try:
-                record = LedgerRecord.loads(p.read_text(encoding="utf-8"))
+                raw = self.loc.read_bytes(key)
+                if raw is None:
+                    continue  # removed since the listing
+                record = LedgerRecord.loads(raw.decode("utf-8"))
             except LedgerVersionError as exc:
-                raise LedgerVersionError(f"{p}: {exc}") from None
+                raise LedgerVersionError(f"{where}: {exc}") from None
             except (OSError, UnicodeDecodeError, LedgerError) as exc:
-                self.log.warning("ledger.skipped", path=str(p), reason=str(exc))
+                self.log.warning("ledger.skipped", path=where, reason=str(exc))
                 continue
             if (record.digest, record.tile, str(record.attempt)) != (digest, *named.groups()):
-                self.log.warning("ledger.skipped", path=str(p), reason="not where it belongs")
+                self.log.warning("ledger.skipped", path=where, reason="not where it belongs")
                 continue
             records.append(record)
         return records
 
     def read(self, where: str) -> LedgerRecord:
-        path = Path(where)
-        if path.parent.parent != self.root or not _RECORD_NAME.fullmatch(path.name):
-            raise LedgerError(f"{where} is not a record of the ledger in {self.root}")
+        key = self.loc.key_of(where)
+        parts = (key or "").split("/")
+        if (
+            key is None
+            or len(parts) != 4
+            or "/".join(parts[:2]) != f"{STATE_DIR}/{LEDGER_DIR}"
+            or not _RECORD_NAME.fullmatch(parts[-1])
+        ):
+            raise LedgerError(f"{where} is not a record of the ledger in {self.location}")
         try:
-            return LedgerRecord.loads(path.read_text(encoding="utf-8"))
+            raw = self.loc.read_bytes(key)
+            if raw is None:
+                raise FileNotFoundError("no such record")
+            return LedgerRecord.loads(raw.decode("utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise LedgerError(f"cannot read the ledger record {where}: {exc}") from None
 
     def digests(self) -> list[str]:
+        folder = f"{STATE_DIR}/{LEDGER_DIR}"
         try:
-            if not self.root.exists():
-                return []
-            return sorted(
-                p.name for p in self.root.iterdir() if p.is_dir() and _NAME_PART.fullmatch(p.name)
-            )
-        except OSError as exc:
-            raise LedgerError(
-                f"cannot read the ledger in {self.root}: {exc.strerror or exc}"
-            ) from None
+            keys = self.loc.list(folder)
+        except (OSError, GisJobError) as exc:
+            reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+            raise LedgerError(f"cannot read the ledger in {self.location}: {reason}") from None
+        found = {k[len(folder) + 1 :].split("/", 1)[0] for k in keys if k.count("/") == 3}
+        return sorted(d for d in found if _NAME_PART.fullmatch(d))
 
-    def output_path(self, record: LedgerRecord) -> Path | None:
-        """The record's output as a path inside the output folder (None if it names none or
+    def output_key(self, record: LedgerRecord) -> str | None:
+        """The record's output as a key inside the location (None if it names none or
         points outside)."""
         if not record.output:
             return None
-        rel = Path(record.output)
-        if rel.is_absolute() or ".." in rel.parts:
+        parts = record.output.split("/")
+        if record.output.startswith("/") or any(p in ("", ".", "..") for p in parts):
             return None
-        return self.out_dir / rel
+        return record.output
 
     def output_ok(self, record: LedgerRecord) -> bool:
-        path = self.output_path(record)
-        if path is None or record.bytes is None or record.mtime_ns is None:
+        key = self.output_key(record)
+        if key is None or record.bytes is None:
+            return False
+        if record.mtime_ns is None and record.etag is None:
             return False
         try:
-            st = path.stat()
-        except OSError:
+            st = self.loc.stat(key)
+        except (OSError, GisJobError):
             return False
-        return st.st_size == record.bytes and st.st_mtime_ns == record.mtime_ns
+        if st is None or st.size != record.bytes:
+            return False
+        if record.etag is not None:
+            return st.etag == record.etag
+        return st.mtime_ns == record.mtime_ns
 
 
-def relative_output(out_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
-    """``path`` relative to the output folder (as records and manifests name outputs)."""
-    p = Path(path)
+class LocalLedgerStore(LocationLedgerStore):
+    """Records as files in ``<out_dir>/.gisjob/ledger/``."""
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        super().__init__(LocalLocation(out_dir))
+        self.out_dir = Path(out_dir)
+        self.root = self.out_dir / STATE_DIR / LEDGER_DIR
+
+
+def output_identity(out_uri: str, where: str) -> tuple[str, Stat]:
+    """(key inside the output location, size and mtime or ETag) of an output a worker
+    reported at ``where``; raises ``OSError`` when it is not there (or not inside)."""
+    loc = open_location(out_uri)
+    key = loc.key_of(where)
+    if key is None:
+        raise OSError(f"{where} is not inside the output location {out_uri}")
     try:
-        return p.resolve().relative_to(Path(out_dir).resolve()).as_posix()
-    except ValueError:
-        return p.as_posix()
-
-
-def stat_output(
-    out_dir: str | os.PathLike[str], path: str | os.PathLike[str]
-) -> tuple[str, int, int]:
-    """(relative path, size, mtime in ns) of an output file; raises ``OSError``."""
-    st = Path(path).stat()
-    return relative_output(out_dir, path), st.st_size, st.st_mtime_ns
+        st = loc.stat(key)
+    except GisJobError as exc:
+        raise OSError(str(exc)) from None
+    if st is None:
+        raise FileNotFoundError(f"{where}: no such output")
+    return key, st

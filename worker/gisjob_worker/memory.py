@@ -40,6 +40,15 @@ VECTOR_STREAM_BATCHES = 2
 MAX_BATCH_ROWS = 8_192
 MIN_BATCH_ROWS = 64
 
+# Object storage. Reading: GDAL's /vsicurl/ block cache (gdalenv sets its size; VSI_CACHE is
+# off). Writing: pyarrow's S3 client (imported only for an object-store output) and the
+# upload's buffers (the 8 MiB copy block, one multipart part in flight).
+VSI_CURL_CACHE_BYTES = 16 * MIB
+UPLOAD_BYTES = 32 * MIB
+# measured: pyarrow.fs with a live S3 client adds 39 MiB to a raster worker (pyarrow itself
+# is new there), 10 MiB to a vector worker (which imports pyarrow anyway)
+S3_CLIENT_BYTES = {"raster": 44 * MIB, "vector": 14 * MIB}
+
 # Bump when what a worker imports changes, so cached baselines are re-measured.
 BASELINE_PROBE_VERSION = 2
 
@@ -56,6 +65,14 @@ class ChunkShape:
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+
+def network_bytes(kind: Kind, *, remote_input: bool, remote_output: bool) -> int:
+    """What object storage adds to every worker of a job (see the constants above)."""
+    total = VSI_CURL_CACHE_BYTES if remote_input else 0
+    if remote_output:
+        total += S3_CLIENT_BYTES[kind] + UPLOAD_BYTES
+    return total
 
 
 def request_for(estimate: int, headroom: float) -> int:

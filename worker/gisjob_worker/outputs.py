@@ -23,9 +23,10 @@ EXTENSIONS = {"COG": ".tif", "GTiff": ".tif", "GeoParquet": ".parquet", "GPKG": 
 TEMP_NAME = re.compile(r"\..+\.tmp-[0-9a-f]{32}(?:-[A-Za-z0-9]+)?(?:\.[A-Za-z0-9-]+)*")
 
 
-def tile_output_path(out_dir: str, fmt: str, tile_id: str) -> Path:
+def tile_output_key(fmt: str, tile_id: str) -> str:
+    """Where a tile's output goes, relative to the output location."""
     sub = TILES_DIR if fmt in ("COG", "GTiff") else PARTS_DIR
-    return Path(out_dir) / sub / f"{tile_id}{EXTENSIONS[fmt]}"
+    return f"{sub}/{tile_id}{EXTENSIONS[fmt]}"
 
 
 def temp_path(final: Path, step: str = "") -> Path:

@@ -25,6 +25,11 @@ file system has no hard links, ``O_CREAT | O_EXCL`` on ``owner.json`` decides in
 reader gives a record that is still empty a moment to appear. A record that cannot be read
 as one (edited, truncated) is never overwritten: it refuses every job until a person looks.
 
+On object storage (``s3://``) the record is one object, written whole in one request; the
+claim is check-then-write and read back, so two planners racing within the same moment could
+both see their own record (S3's ``If-None-Match`` would close that window; pyarrow's client
+cannot send it).
+
 ``gisjob run`` neither claims nor checks: on one machine the user owns the file system
 (and it ignores an inherited ``$GISJOB_OWNER``).
 """
@@ -39,8 +44,12 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import GisJobError, InputError
+
+if TYPE_CHECKING:
+    from .location import ObjectLocation
 from .outputs import fsync_dir, remove_quietly, temp_name, write_fd
 
 OWNER_ENV = "GISJOB_OWNER"
@@ -169,10 +178,30 @@ def _parse(out_dir: str | os.PathLike[str], path: Path, raw: bytes) -> Claim:
     return Claim(owner, claimed_at)
 
 
+def _object_location(out_dir: str | os.PathLike[str]) -> ObjectLocation | None:
+    from .location import ObjectLocation, open_location
+
+    loc = open_location(str(out_dir))
+    return loc if isinstance(loc, ObjectLocation) else None
+
+
+def _read_object_claim(out_dir: str | os.PathLike[str], loc: ObjectLocation) -> Claim | None:
+    key = f"{STATE_DIR}/{OWNER_NAME}"
+    raw = loc.read_bytes(key)  # whole or absent: objects are never half-written
+    if raw is None:
+        return None
+    if not raw.strip():
+        raise _corrupt(out_dir, Path(loc.describe(key)), "empty")
+    return _parse(out_dir, Path(loc.describe(key)), raw)
+
+
 def read_claim(out_dir: str | os.PathLike[str]) -> Claim | None:
     """The location's owner record, ``None`` when it has none. Raises
     :class:`OwnershipError` for an unreadable record, :class:`GisJobError` (retryable) when
     the file system fails."""
+    loc = _object_location(out_dir)
+    if loc is not None:
+        return _read_object_claim(out_dir, loc)
     path = owner_path(out_dir)
     for tries in range(1, READ_TRIES + 1):
         try:
@@ -248,6 +277,15 @@ def claim(out_dir: str | os.PathLike[str], owner: Owner) -> None:
     (same namespace and name); another job's location raises :class:`OwnershipError`.
     Exactly one of several jobs claiming at once wins."""
     existing = read_claim(out_dir)  # claimed before (a replan): nothing to write
+    loc = _object_location(out_dir) if existing is None else None
+    if existing is None and loc is not None:
+        # object stores: check-then-write (pyarrow cannot send If-None-Match); a racing
+        # claimer is caught by reading the record back
+        record = Claim(owner, _now()).to_json()
+        loc.create_bytes(f"{STATE_DIR}/{OWNER_NAME}", json.dumps(record).encode() + b"\n")
+        existing = read_claim(out_dir)
+        if existing is None:
+            raise GisJobError(f"{out_dir}: the owner record vanished while claiming")
     if existing is None:
         path = owner_path(out_dir)
         record = Claim(owner, _now()).to_json()

@@ -81,6 +81,12 @@ class Sizing:
     headroom: float
     memory: int | None  # resources.memory, when the user gave it
     memory_factor: float = 1.0  # vectors: working bytes per batch byte
+    network_bytes: int = 0  # object storage: GDAL's network cache, the S3 client, uploads
+
+    @property
+    def fixed_bytes(self) -> int:
+        """What a worker holds whatever its chunk: imports and object-storage buffers."""
+        return self.baseline_bytes + self.network_bytes
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,7 @@ class Plan:
             "outputFormat": self.output_format,
             "digest": self.digest,
             "baselineBytes": self.sizing.baseline_bytes,
+            "networkBytes": self.sizing.network_bytes,
             "gdalCacheBytes": self.sizing.cache_bytes,
             "memoryHeadroom": self.sizing.headroom,
             "files": files,
@@ -205,7 +212,7 @@ def size_raster(
     bpp = f.bytes_per_pixel
     if sizing.memory is not None:
         budget = memory.usable_for(sizing.memory, sizing.headroom)
-        max_px = memory.chunk_pixel_budget(budget, sizing.baseline_bytes, sizing.cache_bytes, bpp)
+        max_px = memory.chunk_pixel_budget(budget, sizing.fixed_bytes, sizing.cache_bytes, bpp)
     else:
         max_px = memory.DEFAULT_CHUNK_BYTES // bpp
     if chunk_scale < 1.0:  # half the chunk, not half a budget larger than the tile
@@ -216,16 +223,16 @@ def size_raster(
     chunk = memory.fit_chunk(max_px, window.width, window.height, f.block_width, f.block_height)
     if chunk is None:
         needed = memory.request_for(
-            memory.raster_estimate(sizing.baseline_bytes, sizing.cache_bytes, one_block, bpp),
+            memory.raster_estimate(sizing.fixed_bytes, sizing.cache_bytes, one_block, bpp),
             sizing.headroom,
         )
         raise SpecError(
             f"spec.resources.memory: {format_bytes(sizing.memory or 0)} is below this job's "
             f"minimum of {format_bytes(needed)} (import baseline "
-            f"{format_bytes(sizing.baseline_bytes)} + GDAL cache {format_bytes(sizing.cache_bytes)}"
+            f"{format_bytes(sizing.fixed_bytes)} + GDAL cache {format_bytes(sizing.cache_bytes)}"
             f" + one {f.block_width}x{f.block_height} block at {bpp} B/pixel, + headroom)"
         )
-    estimate = memory.raster_estimate(sizing.baseline_bytes, sizing.cache_bytes, chunk.pixels, bpp)
+    estimate = memory.raster_estimate(sizing.fixed_bytes, sizing.cache_bytes, chunk.pixels, bpp)
     request = (
         sizing.memory
         if sizing.memory is not None
@@ -241,18 +248,18 @@ def size_vector(
     bpf, factor = f.bytes_per_feature, sizing.memory_factor
     if sizing.memory is not None:
         budget = memory.usable_for(sizing.memory, sizing.headroom)
-        rows = memory.batch_rows_for(budget, sizing.baseline_bytes, sizing.cache_bytes, bpf, factor)
+        rows = memory.batch_rows_for(budget, sizing.fixed_bytes, sizing.cache_bytes, bpf, factor)
         if rows < memory.MIN_BATCH_ROWS:
             need = memory.request_for(
                 memory.vector_estimate(
-                    sizing.baseline_bytes, sizing.cache_bytes, memory.MIN_BATCH_ROWS, bpf, factor
+                    sizing.fixed_bytes, sizing.cache_bytes, memory.MIN_BATCH_ROWS, bpf, factor
                 ),
                 sizing.headroom,
             )
             raise SpecError(
                 f"spec.resources.memory: {format_bytes(sizing.memory)} is below this job's "
                 f"minimum of {format_bytes(need)} (import baseline "
-                f"{format_bytes(sizing.baseline_bytes)} + GDAL cache "
+                f"{format_bytes(sizing.fixed_bytes)} + GDAL cache "
                 f"{format_bytes(sizing.cache_bytes)} + {memory.MIN_BATCH_ROWS} features, "
                 f"+ headroom)"
             )
@@ -261,7 +268,7 @@ def size_vector(
     rows = max(1, min(rows, memory.MAX_BATCH_ROWS, max(1, rng.features)))
     if chunk_scale < 1.0:
         rows = max(1, int(rows * chunk_scale))
-    estimate = memory.vector_estimate(sizing.baseline_bytes, sizing.cache_bytes, rows, bpf, factor)
+    estimate = memory.vector_estimate(sizing.fixed_bytes, sizing.cache_bytes, rows, bpf, factor)
     request = (
         sizing.memory
         if sizing.memory is not None

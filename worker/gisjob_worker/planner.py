@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any
 
-from . import memory
+from . import memory, storage
 from .errors import InputError, SpecError
 from .inputs import input_files, raster_file, vector_file
 from .plan import (
@@ -82,6 +82,11 @@ def _build_plan(job: GisJob, file_indexes: list[int] | None) -> Plan:
         headroom=res.memory_headroom,
         memory=int(res.memory) if res.memory is not None else None,
         memory_factor=op.memory_factor(params) if isinstance(op, VectorOperation) else 1.0,
+        network_bytes=memory.network_bytes(
+            op.kind,
+            remote_input=any(storage.is_network(u) for u in uris),
+            remote_output=not storage.is_local(job.spec.output.uri),
+        ),
     )
     files: list[RasterFile | VectorFile] = []
     tiles: list[Tile] = []

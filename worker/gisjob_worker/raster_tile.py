@@ -24,6 +24,7 @@ from .guard import malloc_trim
 from .memory import CHUNK_SLACK
 from .plan import RasterFile
 from .registry import RasterOperation
+from .storage import is_network
 from .tilecontext import TileContext, cache_growth, chunk_done
 from .tiles import Window, chunk_windows
 
@@ -200,8 +201,7 @@ def corrupt_data_reason(uri: str, exc: BaseException) -> str | None:
         text = msg.lower()
         if name in TRANSIENT_GDAL_ERRORS or any(w in text for w in _TRANSPORT_WORDS):
             return None
-    local = "://" not in uri and (not uri.startswith("/vsi") or uri.startswith("/vsimem/"))
-    if not local and not any(w in m.lower() for _, m in errors for w in _DECODE_WORDS):
+    if is_network(uri) and not any(w in m.lower() for _, m in errors for w in _DECODE_WORDS):
         return None
     parts: list[str] = []
     for _, msg in errors:

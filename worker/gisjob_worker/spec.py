@@ -28,6 +28,7 @@ from pydantic.alias_generators import to_camel
 
 from .errors import SpecError
 from .quantity import Quantity
+from .storage import is_local
 
 API_VERSION = "gisjob.dev/v1alpha1"
 KIND = "GisJob"
@@ -71,9 +72,17 @@ class ObjectMeta(BaseModel):
 class InputSpec(_Model):
     """Where the data is: exactly one of uri, uris or glob."""
 
-    uri: str | None = Field(None, description="One path or URL GDAL can open.")
+    uri: str | None = Field(
+        None,
+        description="One path or URL GDAL can open: a local path, s3://bucket/key, gs://, "
+        "az://, https:// (read through /vsicurl/) or a GDAL /vsi path.",
+    )
     uris: list[str] | None = Field(None, min_length=1, description="Several files, planned each.")
-    glob: str | None = Field(None, description="A glob pattern of local files, planned each.")
+    glob: str | None = Field(
+        None,
+        description="A glob pattern (local, or s3://bucket/prefix/*.tif: the prefix is "
+        "listed), each match planned.",
+    )
     layer: str | None = Field(None, description="Vector layer name (vectors only).")
 
     @model_validator(mode="after")
@@ -95,7 +104,9 @@ class OperationSpec(_Model):
 
 
 class OutputSpec(_Model):
-    uri: str = Field(min_length=1, description="Output directory.")
+    uri: str = Field(
+        min_length=1, description="Output directory, or an s3://bucket/prefix for object storage."
+    )
     format: Literal["COG", "GTiff", "GeoParquet", "GPKG"] | None = Field(
         None, description="Rasters: COG | GTiff (default COG); vectors: GeoParquet | GPKG."
     )
@@ -185,6 +196,22 @@ GDAL_OWNED = {
 }
 
 
+class StorageSpec(_Model):
+    """Object-storage access for the job's pods (credentials never pass through the spec)."""
+
+    secret_name: str | None = Field(
+        None,
+        pattern=DNS1123_NAME,
+        max_length=253,
+        description="A Secret in the job's namespace whose keys (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...) become the environment of the "
+        "planner, worker and finalizer pods. The operator never reads it.",
+    )
+    requester_pays: bool = Field(
+        False, description="Requests to requester-pays buckets are billed to the requester."
+    )
+
+
 class WorkerSpec(_Model):
     image: str = Field("gisjob:0.1.0", min_length=1)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
@@ -205,6 +232,7 @@ class GisJobSpec(_Model):
     parallelism: int = Field(4, ge=1, description="Workers alive at once.")
     retry: RetrySpec = Field(default_factory=RetrySpec)
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
     suspend: bool = False
     gdal_config: dict[str, str] = Field(
@@ -312,7 +340,7 @@ def parse_job(data: Any, source: str = "job", *, check_operation: bool = True) -
 
 
 def _resolve_local(path: str, base: Path) -> str:
-    if "://" in path or path.startswith("/vsi") or os.path.isabs(path):
+    if not is_local(path) or os.path.isabs(path):
         return path
     return str((base / path).resolve())
 
@@ -434,10 +462,6 @@ def _file_kind(mode: int) -> str | None:
     return None
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path and not path.startswith("/vsi")
-
-
 def check_local_inputs(job: GisJob) -> None:
     """Refuse local inputs that are FIFOs, sockets or devices: opening one would block until a
     writer appears (or read forever). Missing paths are left to the planner (it names them);
@@ -448,10 +472,10 @@ def check_local_inputs(job: GisJob) -> None:
         paths.append(("spec.input.uri", inp.uri))
     for i, uri in enumerate(inp.uris or ()):
         paths.append((f"spec.input.uris[{i}]", uri))
-    if inp.glob and _is_local(inp.glob):
+    if inp.glob and is_local(inp.glob):
         paths.extend(("spec.input.glob", match) for match in globmod.glob(inp.glob))
     for field, path in paths:
-        if not _is_local(path):
+        if not is_local(path):
             continue
         try:
             mode = os.stat(path).st_mode

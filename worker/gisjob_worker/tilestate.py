@@ -23,7 +23,7 @@ from .attempt import AttemptRequest
 from .errors import EXIT_ERROR
 from .ledger import LedgerError, LedgerRecord, LedgerView, Resolution, TileEntry
 from .ledgerrecord import runner_record
-from .ledgerstore import LedgerStore, stat_output
+from .ledgerstore import LedgerStore, output_identity
 from .plan import Plan, Tile, split_tile
 from .runtypes import TileRun
 from .supervisor import Exited
@@ -231,7 +231,7 @@ class TileBook:
         exit_code, error = ex.kill.exit_code, kill_text(ex)
         if res is not None and ex.code >= 0:
             exit_code, error = res.exitCode, res.error
-        output = size = mtime = None
+        output = size = mtime = etag = None
         if res is not None and res.digest and res.digest != self.plan.digest:
             exit_code = EXIT_ERROR
             error = (
@@ -242,7 +242,8 @@ class TileBook:
             try:
                 if res is None or not res.output:
                     raise OSError("no result record naming its output")
-                output, size, mtime = stat_output(self.out_dir, res.output)
+                output, st = output_identity(self.out_dir, res.output)
+                size, mtime, etag = st.size, st.mtime_ns, st.etag
             except OSError as exc:
                 exit_code, error = EXIT_ERROR, f"exit 0, but {exc}"
         elif error is None:
@@ -264,6 +265,7 @@ class TileBook:
             output=output,
             bytes=size,
             mtime_ns=mtime,
+            etag=etag,
             peak_rss_bytes=res.peakRssBytes if res else None,
             cgroup_peak_bytes=ex.cgroup_peak or (res.cgroupPeakBytes if res else None),
             estimated_peak_bytes=res.estimatedPeakBytes if res else None,

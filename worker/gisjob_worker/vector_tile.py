@@ -21,6 +21,7 @@ from .memory import CHUNK_SLACK, VECTOR_STREAM_BATCHES
 from .operations.vector import linearize_wkb
 from .plan import VectorFile
 from .registry import VectorOperation
+from .storage import is_network
 from .tilecontext import TileContext, chunk_done
 from .tiles import FeatureRange
 
@@ -77,7 +78,7 @@ def run_vector(ctx: TileContext, op: VectorOperation[Any], final: Path) -> None:
                 try:
                     batch = next(batches, None)
                 except OSError as exc:  # GDAL's read error, raised through the Arrow stream
-                    if _remote(f.uri):
+                    if is_network(f.uri):
                         raise  # a network read may succeed on retry
                     raise InputError(
                         f"{f.uri}: cannot read features {_fid_span(ctx.tile.fids)} "
@@ -133,10 +134,6 @@ def run_vector(ctx: TileContext, op: VectorOperation[Any], final: Path) -> None:
             writer.close()
     malloc_trim()
     ctx.progress.bytes_written = outputs.commit(tmp, final)
-
-
-def _remote(uri: str) -> bool:
-    return "://" in uri or uri.startswith(("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls"))
 
 
 def _fid_span(rng: FeatureRange) -> str:

@@ -20,7 +20,9 @@ from .cgroup import current as current_cgroup
 from .errors import EXIT_OK, GisJobError
 from .guard import MemoryGuard, peak_rss_bytes, rss_bytes
 from .inputs import input_files
+from .location import Location, open_location
 from .logs import get_logger
+from .memory import UPLOAD_BYTES
 from .metrics import WorkerMetrics
 from .plan import resize_tile
 from .planner import plan_digest, plan_for_tile
@@ -87,6 +89,7 @@ def run_tile(job: GisJob, opts: WorkerOptions, cgroup: CgroupMemory | None = Non
         tile=opts.tile, outcome="succeeded", exitCode=EXIT_OK, peakRssBytes=0, job=job.name
     )
     progress = Progress()
+    location: Location | None = None
     cg = cgroup if cgroup is not None else current_cgroup()
     try:
         plan, tile = plan_for_tile(job, opts.tile)
@@ -111,14 +114,18 @@ def run_tile(job: GisJob, opts: WorkerOptions, cgroup: CgroupMemory | None = Non
             chunk=[tile.chunk.width, tile.chunk.height] if tile.chunk else tile.batch_rows,
         )
         ctx = TileContext(job, plan, tile, guard, opts.metrics, log, progress)
-        final = outputs.tile_output_path(job.spec.output.uri, plan.output_format, tile.id)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        location = open_location(job.spec.output.uri)
+        key = outputs.tile_output_key(plan.output_format, tile.id)
+        final = location.scratch(key)  # the output itself, or local scratch for an object
         op = get_operation(job.spec.operation.name)
         if isinstance(op, RasterOperation):
             run_raster(ctx, op, final)
         else:
             run_vector(ctx, op, final)
-        record.output = str(final)
+        if location.remote:
+            guard.check_before(UPLOAD_BYTES, "upload")
+        location.publish(final, key)
+        record.output = location.describe(key)
     except GisJobError as exc:
         record.outcome = exc.outcome  # type: ignore[assignment]
         record.exitCode = exc.exit_code
@@ -135,6 +142,8 @@ def run_tile(job: GisJob, opts: WorkerOptions, cgroup: CgroupMemory | None = Non
     finally:
         signal.signal(signal.SIGTERM, previous)
         outputs.remove_quietly(*progress.temps)
+        if location is not None:
+            location.close()
     if record.digest is None:  # planning failed: the digest needs no metadata reads
         record.digest = _digest_or_none(job)
     record.chunks = progress.chunks

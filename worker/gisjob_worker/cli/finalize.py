@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -79,12 +78,17 @@ def finalize(
 
         gdalenv.configure_for(job)  # before GDAL loads: cache, threads, spec.gdalConfig
         from .. import finalize as finalize_mod
-        from ..ledgerstore import LocalLedgerStore
+        from ..ledgerstore import LocationLedgerStore
+        from ..location import open_location
         from ..planner import build_plan
 
         plan = build_plan(job)
-        out_dir = Path(job.spec.output.uri)
-        manifest = finalize_mod.finalize_job(job, plan, out_dir, LocalLedgerStore(out_dir), view)
+        loc = open_location(job.spec.output.uri)
+        try:
+            store = LocationLedgerStore(loc)
+            manifest = finalize_mod.finalize_job(job, plan, loc, store, view)
+        finally:
+            loc.close()
     except GisJobError as exc:
         _fail(str(exc), exc.exit_code, path, started)
         return
@@ -97,7 +101,7 @@ def finalize(
     record: dict[str, Any] = {
         "exitCode": 0,
         "outcome": manifest["outcome"],
-        "manifest": str(out_dir / finalize_mod.MANIFEST),
+        "manifest": loc.describe(finalize_mod.MANIFEST),
         "digest": plan.digest,
         "tiles": {"planned": len(plan.tiles), **counts},
         "seconds": round(time.monotonic() - started, 3),

@@ -15,13 +15,13 @@ location another job owns is an input error (exit 2) naming that job.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 
 from ..errors import GisJobError
 from ..ledger import complete_tile_indexes
-from ..ledgerstore import LocalLedgerStore
+from ..ledgerstore import LocationLedgerStore
+from ..location import LocalLocation, open_location
 from ..plan import Plan
 from ..ranges import encode as encode_ranges
 from .podjob import default_result_path, job_option, load_job, result_option, write_result_json
@@ -32,9 +32,10 @@ INLINE_LIMIT = 3000  # descriptor characters kept inline in the 4 KiB terminatio
 def _complete_in_output(out_dir: str, plan: Plan) -> set[int]:
     """Planned tiles already complete in the output location for this plan (a run of the
     same job — local or on a cluster — got there first): the operator skips them."""
-    if not Path(out_dir).is_dir():
+    loc = open_location(out_dir)
+    if isinstance(loc, LocalLocation) and not loc.root.is_dir():
         return set()
-    store = LocalLedgerStore(out_dir)
+    store = LocationLedgerStore(loc)
     return complete_tile_indexes(plan, store.records(plan.digest), store.output_ok)
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED, InputError
+from ..storage import is_local
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -47,7 +48,7 @@ def check_writable_dir(path: str | Path, what: str) -> None:
     its nearest existing parent when the folder is still to be created (so nothing is left
     behind when the run stops before its first tile)."""
     text = str(path)
-    if "://" in text or text.startswith("/vsi"):
+    if not is_local(text):
         return  # not a local folder: the output layer reports its own errors
     target = Path(os.path.abspath(text))
     resolved = target.resolve()
