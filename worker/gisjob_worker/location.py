@@ -20,17 +20,21 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import outputs, storage
 from .errors import GisJobError, InputError
 from .storage import ObjectUri
 
+READ_RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0)  # seconds
 UPLOAD_BLOCK = 8 * 1024**2  # bytes copied per write while uploading a file
 TMP_DIR = ".gisjob/tmp"  # where object uploads wait before their server-side copy
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,22 @@ def _is_missing(exc: OSError) -> bool:
     return isinstance(exc, FileNotFoundError) or "NoSuchKey" in str(exc)
 
 
+def _retrying(call: Callable[[], T]) -> T:
+    """``call`` again after throttling, a 5xx or a dropped connection that pyarrow's own
+    retries gave up on (it does not retry an error answer to a read shorter than the
+    error's body: small objects under ``SlowDown``); missing objects and permanent failures
+    (credentials, no bucket) are not retried. Only for idempotent requests."""
+    for pause in (*READ_RETRY_PAUSES, None):
+        try:
+            return call()
+        except OSError as exc:
+            msg = str(exc)
+            if pause is None or _is_missing(exc) or storage.classify_failure(msg) is not None:
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 class ObjectLocation:
     """A prefix in an S3 (or S3-compatible) bucket, through pyarrow's S3 client."""
 
@@ -252,10 +272,12 @@ class ObjectLocation:
         return StorageError(f"{where}: cannot {what} ({msg})")
 
     def stat(self, key: str) -> Stat | None:
-        try:
+        def head() -> tuple[Any, int]:
             with self.fs.open_input_file(self._full(key)) as fh:
-                meta = fh.metadata()
-                size = fh.size()
+                return fh.metadata(), fh.size()
+
+        try:
+            meta, size = _retrying(head)
         except OSError as exc:
             if _is_missing(exc):
                 return None
@@ -266,9 +288,12 @@ class ObjectLocation:
         return Stat(int(size), etag=etag.strip('"') if etag else None)
 
     def read_bytes(self, key: str) -> bytes | None:
-        try:
+        def get() -> bytes:
             with self.fs.open_input_stream(self._full(key)) as fh:
                 return bytes(fh.readall())
+
+        try:
+            return _retrying(get)
         except OSError as exc:
             if _is_missing(exc):
                 return None
@@ -296,7 +321,9 @@ class ObjectLocation:
         base = self._full(folder)
         prefix = f"{self.obj.bucket}/{self.obj.key}/" if self.obj.key else f"{self.obj.bucket}/"
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+            infos = _retrying(
+                lambda: self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+            )
         except OSError as exc:
             if _is_missing(exc):
                 return []
@@ -309,7 +336,7 @@ class ObjectLocation:
 
     def delete(self, key: str) -> None:
         try:
-            self.fs.delete_file(self._full(key))
+            _retrying(lambda: self.fs.delete_file(self._full(key)))
         except OSError as exc:
             if not _is_missing(exc):
                 raise self._failed("delete", key, exc) from None

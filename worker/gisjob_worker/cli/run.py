@@ -70,7 +70,11 @@ def check_writable_dir(path: str | Path, what: str) -> None:
         raise InputError(f"{what}: cannot write to {text}: {exc.strerror or exc}") from None
 
 
-def result_lines(manifest: dict[str, Any], plan: Plan, out_dir: Path) -> list[str]:
+def _inside(out: str | Path, name: str) -> str:
+    return f"{str(out).rstrip('/')}/{name}"  # a folder or an s3:// prefix alike
+
+
+def result_lines(manifest: dict[str, Any], plan: Plan, out: str | Path) -> list[str]:
     """Where the result is: each mosaic VRT (with its input when there are several), or the
     dataset folder of a vector job."""
     lines: list[str] = []
@@ -79,7 +83,7 @@ def result_lines(manifest: dict[str, Any], plan: Plan, out_dir: Path) -> list[st
     for name in mosaics[:SHOWN_RESULTS]:
         m = re.fullmatch(r"mosaic-i(\d+)\.vrt", name)
         source = inputs.get(int(m.group(1))) if m else None
-        lines.append(f"mosaic: {out_dir / name}" + (f"  (from {source})" if source else ""))
+        lines.append(f"mosaic: {_inside(out, name)}" + (f"  (from {source})" if source else ""))
     if len(mosaics) > SHOWN_RESULTS:
         lines.append(
             f"mosaic: ... {len(mosaics) - SHOWN_RESULTS} more (all listed in manifest.json)"
@@ -88,7 +92,7 @@ def result_lines(manifest: dict[str, Any], plan: Plan, out_dir: Path) -> list[st
     if dataset:
         fmt = manifest.get("outputFormat") or plan.output_format
         kind = "GeoParquet dataset" if fmt == "GeoParquet" else f"{fmt} parts"
-        lines.append(f"dataset: {out_dir / dataset}  ({kind})")
+        lines.append(f"dataset: {_inside(out, dataset)}  ({kind})")
     return lines
 
 
@@ -228,10 +232,10 @@ def run(
             )
             for p in written:
                 click.echo(f"report: {p}", err=True)
-        out_dir = Path(job.spec.output.uri)
-        for line in result_lines(result.manifest, plan, out_dir):
+        out = job.spec.output.uri
+        for line in result_lines(result.manifest, plan, out):
             click.echo(line, err=True)
-        click.echo(f"manifest: {out_dir / 'manifest.json'}", err=True)
+        click.echo(f"manifest: {_inside(out, 'manifest.json')}", err=True)
         if result.interrupted:
             click.echo(
                 "gisjob: interrupted: manifest written with the tiles that finished", err=True
