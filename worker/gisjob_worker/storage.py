@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -289,7 +290,7 @@ def classify_failure(message: str) -> str | None:
     text = message.lower()
     if any(w in text for w in DENIED_WORDS):
         return "denied"
-    if any(w in text for w in NO_BUCKET_WORDS):
+    if any(w in text for w in NO_BUCKET_WORDS) or re.search(r"bucket '[^']*' not found", text):
         return "no-bucket"
     if any(w in text for w in NO_KEY_WORDS):
         return "no-key"
