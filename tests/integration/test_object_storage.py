@@ -222,6 +222,24 @@ def test_wrong_credentials_missing_bucket_and_key_exit_2_naming_them(
     assert s3_server.list_keys(f"{s3_bucket}/out") == []
 
 
+def test_an_unreachable_endpoint_is_a_retryable_failure(
+    s3_server: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    from worker_helpers import free_port
+
+    job = _raster_job(tmp_path, "down", f"s3://{s3_bucket}/in/x.tif", f"s3://{s3_bucket}/o")
+    env = {
+        **s3_server.env(),
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "GDAL_HTTP_MAX_RETRY": "1",
+        "GDAL_HTTP_RETRY_DELAY": "0.1",
+    }
+    run = run_cli("run", str(job), env=env)
+    assert run.code == 1, run.stderr  # not 2: nothing is wrong with the job
+    line = _one_error_line(run.stderr)
+    assert "object storage failed" in line and "transient" in line
+
+
 def test_slowdown_and_5xx_are_retried(
     s3_server: SeaweedS3,
     s3_bucket: str,

@@ -113,7 +113,7 @@ def _storage_error(uri: str, message: str) -> GisJobError:
     permanent = storage.permanent_failure(uri, text)
     if permanent is not None:
         return InputError(permanent)
-    return GisJobError(f"{uri}: object storage failed, will retry ({text})")
+    return GisJobError(f"{uri}: object storage failed ({text}); transient: a retry may succeed")
 
 
 def open_raster_source(uri: str) -> Any:
