@@ -186,3 +186,14 @@ def test_a_local_run_neither_claims_nor_checks(tmp_path: Path) -> None:
         assert json.loads((out / "manifest.json").read_text())["outcome"] == "succeeded"
     assert owner_path(owned).read_bytes() == record
     assert not owner_path(free).exists()
+
+
+def test_a_worker_that_does_not_see_the_claimed_location_writes_nothing(tmp_path: Path) -> None:
+    """The planner claimed ``out`` on the shared volume; a worker pod without that volume
+    sees an empty folder in its own file system — it refuses instead of writing a tile
+    nobody will read."""
+    job = ndvi_job(tmp_path, "victim", tmp_path / "pod-local", width=512, tile=512)
+    run = run_worker(job, TILES[0], env={**VICTIM, "GISJOB_POD_NAME": "victim-0-0"})
+    assert run.code == 2
+    assert "this pod does not see it" in run.stderr
+    assert not (tmp_path / "pod-local" / "tiles").exists()

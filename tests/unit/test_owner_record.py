@@ -321,3 +321,14 @@ def test_a_worker_of_another_job_is_refused_before_its_tile(
     assert (refused.tile, refused.outcome, refused.exitCode) == ("r0000c0000", "input", 2)
     assert refused.job == job.name and refused.error
     assert REFUSED.fullmatch(refused.error)
+
+
+def test_a_pod_that_does_not_see_the_claimed_location_is_refused(tmp_path: Path) -> None:
+    """Workers and finalizers run after their planner claimed the location: no record means
+    this pod writes somewhere else (a missing volume, its own /tmp) — refused, exit 2."""
+    with pytest.raises(OwnershipError, match="this pod does not see it") as info:
+        check(tmp_path / "pod-local", THIEF, claimed=True)
+    assert info.value.exit_code == EXIT_INPUT
+    assert not (tmp_path / "pod-local").exists()
+    claim(tmp_path / "shared", THIEF)
+    check(tmp_path / "shared", THIEF, claimed=True)  # the claimed location passes

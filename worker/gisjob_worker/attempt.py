@@ -237,7 +237,7 @@ def check_owner(job: GisJob, tile: str) -> ResultRecord | None:
     try:
         owner = ownership.owner_from_env()
         if owner is not None:
-            ownership.check(job.spec.output.uri, owner)
+            ownership.check(job.spec.output.uri, owner, claimed=True)
     except GisJobError as exc:
         return ResultRecord(
             tile=tile,

@@ -222,10 +222,19 @@ def read_claim(out_dir: str | os.PathLike[str]) -> Claim | None:
     return _parse(out_dir, path, raw)
 
 
-def check(out_dir: str | os.PathLike[str], owner: Owner) -> None:
-    """Refuse (:class:`OwnershipError`) when the location belongs to another job; a location
-    nobody claimed is fine. Claims nothing and writes nothing."""
+def check(out_dir: str | os.PathLike[str], owner: Owner, *, claimed: bool = False) -> None:
+    """Refuse (:class:`OwnershipError`) when the location belongs to another job. A location
+    nobody claimed is fine, unless ``claimed``: a worker or finalizer pod runs only after its
+    planner claimed the location, so one that finds no record does not see that location (a
+    volume missing from ``spec.worker``, or a path in the pod's own file system such as its
+    ``/tmp`` scratch) and would write where nobody reads. Claims nothing, writes nothing."""
     claim = read_claim(out_dir)
+    if claim is None and claimed:
+        raise OwnershipError(
+            f"{out_dir}: no owner record, though this job's planner claimed the location: this "
+            "pod does not see it (a volume missing from spec.worker.volumeMounts, or a path in "
+            "the pod's own file system such as /tmp) and its outputs would be lost"
+        )
     if claim is not None and not claim.owner.same_job(owner):
         raise _refused(out_dir, claim)
 

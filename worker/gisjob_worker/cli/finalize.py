@@ -73,7 +73,7 @@ def finalize(
 
         owner = ownership.owner_from_env()
         if owner is not None:  # another job's location: write and delete nothing there
-            ownership.check(job.spec.output.uri, owner)
+            ownership.check(job.spec.output.uri, owner, claimed=True)
         from .. import gdalenv
 
         gdalenv.configure_for(job)  # before GDAL loads: cache, threads, spec.gdalConfig
