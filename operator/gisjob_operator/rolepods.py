@@ -120,6 +120,11 @@ def role_step(
     why = failure_text(newest, record)
     if record is not None and record.get("exitCode") == 2:
         return RoleStep("failed", record=record, message=why)
+    if (newest.get("status") or {}).get("reason") == "DeadlineExceeded":
+        # activeDeadlineSeconds: the same input would take as long again
+        limit = (newest.get("spec") or {}).get("activeDeadlineSeconds")
+        took = f"longer than its {limit} s deadline" if limit else "past its deadline"
+        return RoleStep("failed", record=record, message=f"{what} pod ran {took}: {why}")
     if attempt + 1 >= retries:
         return RoleStep("failed", record=record, message=f"{why} ({attempt + 1} attempts)")
     message = f"{what} pod failed ({why}); retrying"

@@ -7,6 +7,7 @@ namespace, which an in-process runner cannot show.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -243,3 +244,22 @@ def test_progress_line_keeps_its_essentials_on_a_narrow_terminal(
     assert "…" not in final
     for line in screen:  # no state of the line ever had its essentials cut
         assert re.search(r"\b\d+/16  failed \d+  .*\b\d+:\d\d ETA (\d+:\d\d|-:--)$", line), line
+
+
+def test_planning_past_its_time_limit_is_an_input_error_with_the_limit(tmp_path: Path) -> None:
+    """The planner pod's own limit ($GISJOB_PLAN_SECONDS, default 600 s): past it, exit 2 and
+    a result record that says so — not a pod that runs until something else kills it."""
+    job = ndvi_job(tmp_path, "slow", tmp_path / "out", width=512, tile=256)
+    result = tmp_path / "planner.json"
+    run = run_cli(
+        "planner", "--job", str(job), "--result", str(result),
+        env={"GISJOB_PLAN_SECONDS": "0.001"},
+    )  # fmt: skip
+    assert run.code == 2, run.stderr
+    record = json.loads(result.read_text())
+    assert record["exitCode"] == 2
+    assert record["error"].startswith("planning took longer than 0.001 s ($GISJOB_PLAN_SECONDS)")
+    assert not (tmp_path / "out").exists()
+    bad = run_cli("planner", "--job", str(job), "--result", str(result),
+                  env={"GISJOB_PLAN_SECONDS": "soon"})  # fmt: skip
+    assert bad.code == 2 and "$GISJOB_PLAN_SECONDS: 'soon' is not a number" in bad.stderr

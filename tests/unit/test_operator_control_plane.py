@@ -386,6 +386,17 @@ def test_role_step_decisions_are_pure_and_bounded() -> None:
     # bounded: the third failure is final
     last = step([_role_pod(2, "Failed", exitCode=137, reason="OOMKilled")])
     assert last.state == "failed" and "OOMKilled" in last.message and "3 attempts" in last.message
+    # past activeDeadlineSeconds (kubelet: phase Failed, reason DeadlineExceeded, no exit
+    # code): the same input would take as long again — failed at once, saying so
+    late = {
+        **_role_pod(0, "Failed"),
+        "spec": {"activeDeadlineSeconds": 900},
+        "status": {"phase": "Failed", "reason": "DeadlineExceeded", "message": "Pod was active "
+                   "on the node longer than the specified deadline"},
+    }  # fmt: skip
+    over = step([late])
+    assert over.state == "failed" and over.create is None
+    assert over.message.startswith("planner pod ran longer than its 900 s deadline: ")
 
 
 def test_a_pod_the_api_server_rejects_fails_the_job_once_with_its_message(

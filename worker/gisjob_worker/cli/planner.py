@@ -14,11 +14,17 @@ location another job owns is an input error (exit 2) naming that job.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import signal
 import time
+from collections.abc import Iterator
+from types import FrameType
 
 import click
 
-from ..errors import GisJobError
+from ..errors import GisJobError, InputError
 from ..ledger import complete_tile_indexes
 from ..ledgerstore import LocationLedgerStore
 from ..location import LocalLocation, open_location
@@ -27,6 +33,48 @@ from ..ranges import encode as encode_ranges
 from .podjob import default_result_path, job_option, load_job, result_option, write_result_json
 
 INLINE_LIMIT = 3000  # descriptor characters kept inline in the 4 KiB termination message
+PLAN_SECONDS_ENV = "GISJOB_PLAN_SECONDS"
+DEFAULT_PLAN_SECONDS = 600.0
+
+
+class PlanningTimeout(InputError):
+    """Planning ran past its time limit: the input is too slow to read or too big to plan."""
+
+
+def plan_seconds() -> float:
+    """The planner's time limit (``$GISJOB_PLAN_SECONDS``, default 600 s; 0 = none)."""
+    raw = os.environ.get(PLAN_SECONDS_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_PLAN_SECONDS
+    except ValueError:
+        raise InputError(f"${PLAN_SECONDS_ENV}: {raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"${PLAN_SECONDS_ENV}: {raw!r} is not a number of seconds")
+    return value
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`PlanningTimeout` in this (main) thread after ``seconds`` (0: no limit).
+    Python code is interrupted between statements; a single GDAL call that never returns
+    is the pod's ``activeDeadlineSeconds``' to end."""
+
+    def expired(signum: int, frame: FrameType | None) -> None:
+        raise PlanningTimeout(
+            f"planning took longer than {seconds:g} s (${PLAN_SECONDS_ENV}): the input is too "
+            "slow to read or too large to plan"
+        )
+
+    if seconds <= 0:
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _complete_in_output(out_dir: str, plan: Plan) -> set[int]:
@@ -55,7 +103,8 @@ def planner(job_file: str | None, result_path: str | None) -> None:
         gdalenv.configure_for(job)  # before GDAL loads: cache, threads, spec.gdalConfig
         from ..planner import build_plan
 
-        plan = build_plan(job)
+        with time_limit(plan_seconds()):
+            plan = build_plan(job)
         # the job's claim on its output location, once the input is known to be plannable
         # (a bad input leaves no owner record), before anything there is read or trusted
         owner = ownership.owner_from_env()
