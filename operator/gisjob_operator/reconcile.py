@@ -71,23 +71,28 @@ class TileTree:
         self.plan = plan
         self.index = {t.id: i for i, t in enumerate(plan.tiles)}
         self._children: dict[str, list[Tile]] = {}
-        self._tiles: dict[str, Tile] = {t.id: t for t in plan.tiles}
-        self._root: dict[str, int] = dict(self.index)
+        # sub-tiles only: planned tiles are found through ``index`` (one dict per plan,
+        # whatever its size)
+        self._sub: dict[str, Tile] = {}
+        self._sub_root: dict[str, int] = {}
 
     def children(self, tile: Tile) -> list[Tile]:
         if tile.id not in self._children:
             kids = split_tile(self.plan, tile) or []
             self._children[tile.id] = kids
+            root = self.root(tile.id)
             for k in kids:
-                self._tiles[k.id] = k
-                self._root[k.id] = self._root[tile.id]
+                self._sub[k.id] = k
+                self._sub_root[k.id] = root
         return self._children[tile.id]
 
     def tile(self, tile_id: str) -> Tile | None:
-        return self._tiles.get(tile_id)
+        i = self.index.get(tile_id)
+        return self.plan.tiles[i] if i is not None else self._sub.get(tile_id)
 
     def root(self, tile_id: str) -> int:
-        return self._root[tile_id]
+        i = self.index.get(tile_id)
+        return i if i is not None else self._sub_root[tile_id]
 
 
 def _leaf_state(tree: TileTree, tile: Tile, p: Progress) -> Iterator[tuple[Tile, str]]:

@@ -55,7 +55,7 @@ BASELINE_PROBE_VERSION = 2
 Kind = Literal["raster", "vector"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkShape:
     """A raster chunk: ``width`` × ``height`` pixels, both block multiples (or tile edges)."""
 

@@ -89,7 +89,7 @@ class Sizing:
         return self.baseline_bytes + self.network_bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tile:
     id: str
     file_index: int
@@ -418,12 +418,20 @@ def file_tiles(
 
     fi = f.index if multi else None
     if isinstance(f, RasterFile):
-        return [
-            make_raster_tile(sizing, f, raster_tile_id(fi, r, c), win)
-            for r, c, win in raster_grid(
-                f.width, f.height, tile_size, f.block_width, f.block_height
+        # a tile's sizing depends on its shape only: size each shape once and share the
+        # results (a 100,000-tile plan has at most four shapes; the operator keeps it)
+        sized: dict[tuple[int, int], tuple[ChunkShape, int, int, int]] = {}
+        tiles: list[Tile] = []
+        for r, c, win in raster_grid(f.width, f.height, tile_size, f.block_width, f.block_height):
+            shape = sized.get((win.width, win.height))
+            if shape is None:
+                chunk, est, req = size_raster(sizing, f, win)
+                shape = sized[win.width, win.height] = (chunk, est, req, chunk_count(win, chunk))
+            chunk, est, req, chunks = shape
+            tiles.append(
+                Tile(raster_tile_id(fi, r, c), f.index, win, None, chunk, None, chunks, est, req)
             )
-        ]
+        return tiles
     return [
         make_vector_tile(sizing, f, vector_tile_id(fi, k), rng)
         for k, rng in enumerate(

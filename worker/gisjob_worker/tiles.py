@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 _ID_RE = re.compile(r"(?:i([0-9]{4,})-)?(?:r([0-9]{4,})c([0-9]{4,})|f([0-9]{6,}))((?:-[qh][0-9])*)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Window:
     """Pixel window: column/row offsets and size (like ``rasterio.windows.Window``)."""
 
@@ -152,7 +152,7 @@ def split_window(
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FeatureRange:
     """Features with ``start <= FID < stop`` (``stop`` None: to the end of the layer).
 
