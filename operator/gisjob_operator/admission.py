@@ -5,8 +5,9 @@ may create a GisJob in a namespace gets pods with that template. :func:`check_jo
 a cluster-admin decision: the image must be allowed (an exact name, or a registry/path
 prefix ending in ``/``, or a repository ending in ``:`` for any of its tags and digests),
 volumes only of the allowed types, the service account the namespace default or a listed
-one, Secrets only the one storage Secret (through ``env[].valueFrom.secretKeyRef``, a
-``secret`` volume or a CSI volume's ``nodePublishSecretRef``), no user env named
+one, Secrets only the one storage Secret (through ``spec.storage.secretName``,
+``env[].valueFrom.secretKeyRef``, a ``secret`` volume or a CSI volume's
+``nodePublishSecretRef``), no user env named
 ``GISJOB_*`` or ``HOME`` (gisjob's own), no mount propagation and no mount over the paths
 gisjob's pods rely on. Everything else fails the job with one line naming the field, e.g.
 ``spec.worker.volumes[1].hostPath: volume type hostPath is not allowed (allowed:
@@ -182,8 +183,9 @@ def check_job(job: GisJob, policy: PodPolicy) -> None:
 
 
 def violations(job: GisJob, policy: PodPolicy) -> list[str]:
-    """Every way ``job.spec.worker`` exceeds ``policy``, each ``<field path>: <why>``, in
-    field order; empty when the job is admitted."""
+    """Every way ``job.spec.worker`` (and ``spec.storage.secretName``, whose Secret becomes
+    every pod's environment) exceeds ``policy``, each ``<field path>: <why>``, in field
+    order; empty when the job is admitted."""
     worker = job.spec.worker
     base = "spec.worker"
     found: list[str] = []
@@ -204,6 +206,11 @@ def violations(job: GisJob, policy: PodPolicy) -> list[str]:
         found.extend(_mount_violations(f"{base}.volumeMounts[{i}]", mount))
     for i, var in enumerate(worker.env):
         found.extend(_env_violations(f"{base}.env[{i}]", var, policy))
+    storage_secret = job.spec.storage.secret_name
+    if storage_secret is not None:  # every pod of the job takes its environment from it
+        refused = _secret_violation("spec.storage.secretName", storage_secret, policy)
+        if refused:
+            found.append(refused)
     return found
 
 

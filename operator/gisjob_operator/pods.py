@@ -5,19 +5,31 @@ from the spec, ``restartPolicy: Never``, the restricted Pod Security settings, a
 reference to the GisJob, the job document in an environment variable, and the user's
 ``spec.worker`` settings. Names are deterministic so a restarted operator creates no
 duplicates.
+
+Object storage: with ``spec.storage.secretName`` every pod takes its environment from that
+Secret (``envFrom``; the variables the operator sets explicitly win, as Kubernetes defines) —
+the operator names the Secret and never reads it. When ``spec.output.uri`` is an object
+store, a worker builds its tile as a local file in the scratch volume before uploading it, so
+worker pods request (and are limited to) the ``ephemeral-storage`` that file takes
+(:func:`tile_scratch_bytes`), and planner and finalizer pods a fixed
+:data:`ROLE_SCRATCH_BYTES`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from gisjob_worker.plan import Plan, RasterFile
+from gisjob_worker.quantity import round_up_mib
 from gisjob_worker.spec import API_VERSION, KIND, GisJob
+from gisjob_worker.storage import is_local
 
 LABEL_JOB = "gisjob.dev/job"
 LABEL_TILE = "gisjob.dev/tile"
@@ -33,6 +45,30 @@ SCRATCH_VOLUME = "scratch"
 TERMINATION_LOG = "/dev/termination-log"
 RUN_AS_USER = 65532
 MAX_NAME = 253
+MIB = 1024**2
+SCRATCH_ENV = "GISJOB_SCRATCH"  # where a worker builds outputs bound for object storage
+# ephemeral-storage of planner and finalizer pods when the output is an object store: the
+# finalizer may merge a GeoPackage's parts locally before uploading it
+ROLE_SCRATCH_BYTES = 1024**3
+SCRATCH_MARGIN = 64 * MIB  # on top of a worker's scratch files: GDAL's side files, logs
+SCRATCH_COPIES = 2  # the tile's work file and its COG copy (or a GeoParquet part and its copy)
+# bytes per pixel of the output dtypes operations declare (gisjob_worker.registry.OutputDtype
+# and the rest of GDAL's; the operator loads no NumPy to ask it)
+DTYPE_BYTES = {
+    "uint8": 1,
+    "int8": 1,
+    "uint16": 2,
+    "int16": 2,
+    "float16": 2,
+    "uint32": 4,
+    "int32": 4,
+    "float32": 4,
+    "uint64": 8,
+    "int64": 8,
+    "float64": 8,
+    "complex64": 8,
+    "complex128": 16,
+}
 
 
 @dataclass(frozen=True)
@@ -81,6 +117,36 @@ def _cpu(job: GisJob) -> str:
     return job.spec.resources.cpu
 
 
+def output_is_remote(job: GisJob) -> bool:
+    """The job writes to an object store (``s3://…``, ``/vsis3/…``): outputs are built in
+    local scratch first, then uploaded."""
+    return not is_local(job.spec.output.uri)
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per pixel of one band of ``dtype`` (8 for a name this table does not know:
+    scratch is better too large than too small)."""
+    return DTYPE_BYTES.get(dtype.lower(), 8)
+
+
+def tile_scratch_bytes(plan: Plan, tile_id: str) -> int:
+    """Local disk a worker needs for one tile whose output goes to object storage, rounded up
+    to a MiB: the output built whole before the upload, twice (the work file and the COG
+    copy made from it), plus :data:`SCRATCH_MARGIN`. Rasters: window pixels × output bands ×
+    bytes per pixel (uncompressed: the upper bound); vectors: features × the file's bytes
+    per feature. Sub-tiles (``-qN``/``-hN``) are sized as the plan lays them."""
+    tile = plan.tile(tile_id)
+    f = plan.files[tile.file_index]
+    if isinstance(f, RasterFile):
+        assert tile.window is not None
+        w = tile.window
+        body = w.width * w.height * f.output.count * dtype_bytes(f.output.dtype)
+    else:
+        assert tile.fids is not None
+        body = math.ceil(tile.fids.features * f.bytes_per_feature)
+    return round_up_mib(SCRATCH_COPIES * body + SCRATCH_MARGIN)
+
+
 LABEL_ROLE = "gisjob.dev/role"
 ROLE_WORKER = "worker"
 ROLE_PLANNER = "planner"
@@ -100,12 +166,22 @@ def _job_pod(
     labels: dict[str, str],
     annotations: dict[str, str],
     ports: list[dict[str, Any]] | None = None,
+    scratch: int | None = None,
 ) -> dict[str, Any]:
     """A pod of the worker image for this job: planner, worker or finalizer. The data it
-    needs comes from the user's ``spec.worker`` (volumes, env, service account); the
-    operator itself mounts and reads none of it."""
+    needs comes from the user's ``spec.worker`` (volumes, env, service account) and the
+    storage Secret (``spec.storage.secretName``, as ``envFrom``); the operator itself
+    mounts and reads none of it. ``scratch``: the ``ephemeral-storage`` request and limit
+    (bytes). For an object-store output ``GISJOB_SCRATCH`` puts the files built before an
+    upload into the scratch volume, which that request is for."""
     worker = job.spec.worker
     document = yaml.safe_dump(job.to_document(), sort_keys=False)
+    requests: dict[str, str] = {"memory": str(memory), "cpu": _cpu(job)}
+    limits: dict[str, str] = {"memory": str(memory)}
+    if scratch is not None:
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = str(scratch)
+    remote = output_is_remote(job)
+    scratch_env = [{"name": SCRATCH_ENV, "value": SCRATCH}] if remote else []
     container: dict[str, Any] = {
         "name": role,
         "image": worker.image,
@@ -116,13 +192,11 @@ def _job_pod(
             {"name": "GISJOB_OWNER", "value": f"{namespace}/{job.name}/{uid}"},
             {"name": "GISJOB_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "HOME", "value": SCRATCH},
+            *scratch_env,
             *env,
             *worker.env,
         ],
-        "resources": {
-            "requests": {"memory": str(memory), "cpu": _cpu(job)},
-            "limits": {"memory": str(memory)},
-        },
+        "resources": {"requests": requests, "limits": limits},
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -134,6 +208,11 @@ def _job_pod(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": SCRATCH}, *worker.volume_mounts],
     }
+    secret = job.spec.storage.secret_name
+    if secret:
+        # every key of the storage Secret becomes a variable; an explicit env entry of the
+        # same name (the operator's own or the user's) wins, as Kubernetes defines
+        container["envFrom"] = [{"secretRef": {"name": secret}}]
     if ports:
         container["ports"] = ports
     if worker.image_pull_policy:
@@ -179,10 +258,13 @@ def build_worker_pod(
     launch: PodLaunch,
     digest: str,
     baseline: tuple[str, int] | None = None,
+    plan: Plan | None = None,
 ) -> dict[str, Any]:
     """The pod for one tile attempt. ``baseline`` (kind, bytes): the import baseline the
     plan used, passed on so the worker sizes its chunks exactly as planned (and does not
-    re-measure it in every pod)."""
+    re-measure it in every pod). ``plan``: the job's plan, which sizes the tile's local
+    scratch (``ephemeral-storage``, :func:`tile_scratch_bytes`) when the output is an object
+    store; without it the pod asks for none."""
     memory = str(launch.memory)
     annotations = {
         ANNOTATION_DIGEST: digest,
@@ -222,6 +304,11 @@ def build_worker_pod(
         labels={LABEL_TILE: launch.tile, LABEL_ATTEMPT: str(launch.attempt)},
         annotations=annotations,
         ports=[{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        scratch=(
+            tile_scratch_bytes(plan, launch.tile)
+            if plan is not None and output_is_remote(job)
+            else None
+        ),
     )
 
 
@@ -275,6 +362,7 @@ def build_planner_pod(
         memory=memory,
         labels={LABEL_ATTEMPT: str(attempt)},
         annotations={ANNOTATION_SPEC: spec_key},
+        scratch=ROLE_SCRATCH_BYTES if output_is_remote(job) else None,
     )
 
 
@@ -302,4 +390,5 @@ def build_finalizer_pod(
         memory=memory,
         labels={LABEL_ATTEMPT: str(attempt)},
         annotations={ANNOTATION_DIGEST: digest},
+        scratch=ROLE_SCRATCH_BYTES if output_is_remote(job) else None,
     )

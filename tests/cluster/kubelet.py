@@ -12,6 +12,11 @@ No container runtime: each pod bound to the node runs its first container's
   configMap/secret/downwardAPI/projected materialized as files. Mount paths (and
   the termination-message path) that appear in command, args, env values and
   workingDir are rewritten to the local directories ("path translation");
+* ``envFrom`` and ``env[].valueFrom`` ConfigMaps and Secrets are read from the API
+  server with the kubelet's own credentials (Secret ``data`` base64-decoded; ``env``
+  wins over ``envFrom``); a missing one, or a missing key, leaves the pod Pending with
+  its container Waiting (``CreateContainerConfigError``) and a ``Failed`` event, retried
+  until it appears;
 * the image maps to a local command environment through rules (see ImageRules);
   by default ``<repo>/.venv/bin`` is prepended to PATH;
 * ``limits.memory`` is enforced with a memory cgroup (v1 or v2), created under
@@ -73,6 +78,8 @@ MAX_MESSAGE = 4096
 POD_IP = "127.0.0.1"
 CGROUP_NAME = "gisjob-kubelet"
 TERMINAL = ("Succeeded", "Failed")
+# What the kubelet accepts as a variable name from envFrom (validation.IsEnvVarName)
+ENV_VAR_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 # Node annotation telling tests how limits.memory is enforced: cgroup-v1 | cgroup-v2 | none
 MEMORY_ANNOTATION = "gisjob.dev/memory-limits"
 
@@ -1062,14 +1069,7 @@ class Kubelet:
             TERMINATION_MESSAGE_PATH=str(term_local),
         )
         env.update(rule.env)
-        for src in c.get("envFrom") or []:
-            prefix = src.get("prefix", "")
-            for kind in ("configMapRef", "secretRef"):
-                if kind in src:
-                    data = self._config_data(
-                        pod, kind, src[kind]["name"], src[kind].get("optional", False)
-                    )
-                    env.update({prefix + k: v for k, v in data.items()})
+        self._env_from_sources(pod, c, env)
         for e in c.get("env") or []:
             if "value" in e:
                 env[e["name"]] = translate(_expand(e.get("value") or "", env))
@@ -1109,6 +1109,35 @@ class Kubelet:
             )
         return argv, env, cwd, term_local
 
+    def _env_from_sources(self, pod: Obj, c: Obj, env: dict[str, str]) -> None:
+        """``envFrom``: every key of each ConfigMap/Secret (read from the API server with the
+        kubelet's own credentials, Secret ``data`` base64-decoded) becomes a variable, with
+        the source's ``prefix``; later sources win, and ``env`` entries (applied after this)
+        win over all of them. Keys that are not valid variable names are skipped with an
+        ``InvalidEnvironmentVariableNames`` event, as the kubelet does. A missing source that
+        is not ``optional`` raises ``CreateContainerConfigError`` (the container waits)."""
+        for src in c.get("envFrom") or []:
+            prefix = src.get("prefix", "")
+            for kind in ("configMapRef", "secretRef"):
+                if kind not in src:
+                    continue
+                ref = src[kind]
+                data = self._config_data(pod, kind, ref["name"], ref.get("optional", False))
+                invalid = sorted(k for k in data if not ENV_VAR_NAME.fullmatch(prefix + k))
+                env.update({prefix + k: v for k, v in data.items() if k not in invalid})
+                if invalid:
+                    what = "secret" if kind == "secretRef" else "configmap"
+                    ns = pod["metadata"]["namespace"]
+                    self._event(
+                        pod,
+                        "Warning",
+                        "InvalidEnvironmentVariableNames",
+                        f"Keys [{', '.join(invalid)}] from the EnvFrom {what} {ns}/{ref['name']} "
+                        "were skipped since they are considered invalid environment variable "
+                        "names.",
+                        "kubelet",
+                    )
+
     def _env_from(self, pod: Obj, c: Obj, src: Obj) -> str | None:
         if "fieldRef" in src:
             return self._field(pod, src["fieldRef"]["fieldPath"])
@@ -1133,9 +1162,11 @@ class Kubelet:
                 if ref["key"] not in data:
                     if ref.get("optional"):
                         return None
+                    what = "Secret" if kind == "secretKeyRef" else "ConfigMap"
                     raise StartError(
                         "CreateContainerConfigError",
-                        f"couldn't find key {ref['key']} in {ref['name']}",
+                        f"couldn't find key {ref['key']} in {what} "
+                        f"{pod['metadata']['namespace']}/{ref['name']}",
                         retry=True,
                     )
                 return data[ref["key"]]
@@ -1297,7 +1328,10 @@ class Kubelet:
         return st
 
     def _report_waiting(self, pod: Obj, reason: str, message: str) -> None:
-        """Pending with a waiting container (missing ConfigMap, ...): once per message."""
+        """Pending with a waiting container, as a kubelet reports a container it cannot
+        create yet (a missing ConfigMap or Secret, a missing key: ``ContainerCreating``,
+        ``CreateContainerConfigError``): phase Pending, not ready, no process; once per
+        message, with the kubelet's ``Failed`` event for configuration errors."""
         uid = pod["metadata"]["uid"]
         if self.waiting_msgs.get(uid) == message:
             return
@@ -1311,16 +1345,44 @@ class Kubelet:
             "restartCount": 0,
             "state": {"waiting": {"reason": reason, "message": message}},
         }
+        now = now_rfc3339()
+        unready = f"containers with unready status: [{c['name']}]"
+
+        def cond(t: str, ok: bool) -> Obj:
+            d: Obj = {
+                "type": t,
+                "status": "True" if ok else "False",
+                "lastProbeTime": None,
+                "lastTransitionTime": now,
+            }
+            if not ok:
+                d.update(reason="ContainersNotReady", message=unready)
+            return d
+
+        status = {
+            "phase": "Pending",
+            "hostIP": POD_IP,
+            "startTime": (pod.get("status") or {}).get("startTime") or now,
+            "conditions": [
+                cond("Initialized", True),
+                cond("Ready", False),
+                cond("ContainersReady", False),
+                cond("PodScheduled", True),
+            ],
+            "containerStatuses": [cs],
+        }
         with contextlib.suppress(Exception):
             self._call()
             self.core.patch_namespaced_pod_status(
                 pod["metadata"]["name"],
                 pod["metadata"]["namespace"],
-                {"status": {"hostIP": POD_IP, "containerStatuses": [cs]}},
+                {"status": status},
                 _preload_content=False,
                 _request_timeout=10,
             )
             self.waiting_msgs[uid] = message
+            if reason == "CreateContainerConfigError":
+                self._event(pod, "Warning", "Failed", f"Error: {message}", "kubelet")
 
     def _report(self, pod: Obj, rt: Runtime) -> None:
         c = rt.container

@@ -389,6 +389,61 @@ def test_the_storage_secret_passes_when_configured() -> None:
     ]
 
 
+def storage_job(storage: dict[str, Any], **worker: Any) -> GisJob:
+    """A job on object storage (no volumes) with ``spec.storage``."""
+    job = make_job(**worker)
+    doc = job.to_document()
+    doc["spec"]["input"] = {"uri": "s3://bucket/in.tif"}
+    doc["spec"]["output"] = {"uri": "s3://bucket/out"}
+    doc["spec"]["storage"] = storage
+    return parse_job(doc, "tenant-a/tenant-job", check_operation=False)
+
+
+@pytest.mark.parametrize("policy", [DEFAULT, STORAGE], ids=["no-storage-secret", "storage"])
+def test_storage_secret_other_than_the_configured_one_is_refused(policy: PodPolicy) -> None:
+    """``spec.storage.secretName`` becomes every pod's environment (envFrom): only the
+    operator's storage Secret may be named there."""
+    job = storage_job({"secretName": "db-creds"})
+    message = refused(job, policy, "spec.storage.secretName", "'db-creds'")
+    if policy.storage_secret:
+        assert message == (
+            "spec.storage.secretName: secret 'db-creds' is not allowed "
+            "(only the storage secret 'gisjob-storage' may be referenced)"
+        )
+    else:
+        assert message.endswith("(no storage secret is configured)")
+
+
+def test_the_configured_storage_secret_passes_as_spec_storage() -> None:
+    job = storage_job({"secretName": "gisjob-storage", "requesterPays": True})
+    assert violations(job, STORAGE) == []
+    check_job(job, STORAGE)
+    # no Secret named: nothing to admit, whatever the policy
+    for policy in (DEFAULT, STORAGE):
+        assert violations(storage_job({}), policy) == []
+        assert violations(storage_job({"requesterPays": True}), policy) == []
+
+
+def test_the_storage_secret_is_counted_after_the_worker_violations() -> None:
+    """One line, field order: spec.worker comes before spec.storage."""
+    job = storage_job({"secretName": "db-creds"}, image="evil:latest")
+    found = violations(job, STORAGE)
+    assert [f.split(":", 1)[0] for f in found] == ["spec.worker.image", "spec.storage.secretName"]
+    with pytest.raises(AdmissionError, match=r"^spec\.worker\.image: .* \(and 1 more\)$"):
+        check_job(job, STORAGE)
+
+
+def test_the_admitted_storage_secret_is_what_every_pod_gets() -> None:
+    """What the policy admits is what the pods carry: the Secret named in
+    spec.storage is exactly the envFrom of every pod built for the job."""
+    job = storage_job({"secretName": "gisjob-storage"})
+    for pod in pods_of(job):
+        (container,) = pod["spec"]["containers"]
+        assert container["envFrom"] == [{"secretRef": {"name": "gisjob-storage"}}]
+        refs = [v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v]
+        assert refs == []
+
+
 def test_a_listed_service_account_passes() -> None:
     job = make_job(serviceAccountName="gis-reader")
     assert violations(job, PodPolicy(allowed_service_accounts=("gis-reader",))) == []

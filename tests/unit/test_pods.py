@@ -3,7 +3,9 @@
 A pod per tile attempt: memory request = limit = the launch's memory, the restricted Pod
 Security settings, a writable scratch volume, the user's ``spec.worker`` settings passed
 through, labels and an owner reference the reconciler and the garbage collector rely on,
-and the job document in ``GISJOB_JOB`` that the worker re-parses to the same model.
+and the job document in ``GISJOB_JOB`` that the worker re-parses to the same model. With
+object storage: the storage Secret as every pod's ``envFrom`` and, for an object-store
+output, ``ephemeral-storage`` for the local scratch an upload is built in.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 from typing import Any
 
 import pytest
+from planbuilders import raster_file, raster_sizing, vector_file, vector_sizing
 
 from gisjob_operator.pods import (
     ANNOTATION_CHUNK_SCALE,
@@ -26,15 +29,22 @@ from gisjob_operator.pods import (
     LABEL_TILE,
     MAX_NAME,
     METRICS_PORT,
+    ROLE_SCRATCH_BYTES,
     RUN_AS_USER,
     SCRATCH,
+    SCRATCH_ENV,
     PodLaunch,
+    build_finalizer_pod,
+    build_planner_pod,
     build_worker_pod,
+    dtype_bytes,
     job_labels,
     owner_reference,
     pod_name,
+    tile_scratch_bytes,
 )
 from gisjob_operator.podview import pod_view
+from gisjob_worker.plan import Plan, RasterFile, RasterOutput, file_tiles
 from gisjob_worker.quantity import parse_quantity
 from gisjob_worker.spec import GisJob, load_job_text, parse_job
 
@@ -445,3 +455,170 @@ def test_names_at_the_limit_are_not_shortened() -> None:
 
 def test_pod_names_do_not_collide_across_jobs() -> None:
     assert pod_name("a", "i0001-r0000c0000", 0) != pod_name("a-i0001", "r0000c0000", 0)
+
+
+# --------------------------------------------------------------------------- object storage
+
+MIB = 1024**2
+STORAGE_SECRET = "s3-credentials"
+REMOTE_OUTPUT = {"uri": "s3://bucket/out/s2", "format": "COG"}
+
+
+def raster_plan(output: RasterOutput | None = None) -> Plan:
+    """A 2500x1200 raster in tiles of 1024 (edge tiles smaller), ``output`` per pixel."""
+    f = raster_file(2500, 1200, block=256, uri="s3://bucket/in.tif")
+    if output is not None:
+        f = RasterFile(**{**f.__dict__, "output": output})
+    sizing = raster_sizing()
+    tiles = tuple(file_tiles(sizing, f, 1024, 1000, multi=False))
+    return Plan("s2-ndvi", "raster", "scale", "COG", DIGEST, sizing, (f,), tiles)
+
+
+def vector_plan(features: int = 2500) -> Plan:
+    f = vector_file(features)
+    sizing = vector_sizing()
+    tiles = tuple(file_tiles(sizing, f, 1024, 1000, multi=False))
+    return Plan("s2-ndvi", "vector", "filter", "GeoParquet", DIGEST, sizing, (f,), tiles)
+
+
+def all_pods(job: GisJob, plan: Plan | None = None) -> dict[str, dict[str, Any]]:
+    """One pod of each kind the operator builds for ``job``."""
+    launch = PodLaunch("r0000c0001", 0, 512 * MIB, 1.0, "initial")
+    return {
+        "worker": build_worker_pod(
+            job, UID, NAMESPACE, launch, DIGEST, ("raster", 1), plan=plan or raster_plan()
+        ),
+        "planner": build_planner_pod(job, UID, NAMESPACE, "abc", 0, 256 * MIB, 1000),
+        "finalizer": build_finalizer_pod(job, UID, NAMESPACE, DIGEST, 0, 256 * MIB, "0-5", ""),
+    }
+
+
+def test_storage_secret_is_every_pods_env_from() -> None:
+    job = make_job(storage={"secretName": STORAGE_SECRET})
+    for kind, built in all_pods(job).items():
+        c = container_of(built)
+        assert c["envFrom"] == [{"secretRef": {"name": STORAGE_SECRET}}], kind
+        # the Secret is named, never copied: no value of it is in the pod
+        assert not [v for v in built["spec"]["volumes"] if "secret" in v and v["name"] != "creds"]
+
+
+def test_no_env_from_without_a_storage_secret() -> None:
+    for plain in (make_job(), make_job(storage={"requesterPays": True})):
+        for kind, built in all_pods(plain).items():
+            assert "envFrom" not in container_of(built), kind
+
+
+def test_explicit_env_stays_beside_the_storage_secret() -> None:
+    """Kubernetes gives an ``env`` entry precedence over an ``envFrom`` key of the same name:
+    the operator's own variables and the user's env are all still there, unchanged."""
+    with_secret = make_job(storage={"secretName": STORAGE_SECRET})
+    without = make_job()
+    for kind in ("worker", "planner", "finalizer"):
+        a = container_of(all_pods(with_secret)[kind])
+        b = container_of(all_pods(without)[kind])
+        names = [e["name"] for e in a["env"]]
+        assert a["env"][-len(WORKER["env"]) :] == WORKER["env"], kind
+        assert {"GISJOB_JOB", "GISJOB_OWNER", "GISJOB_POD_NAME", "HOME"} <= set(names), kind
+        assert len(names) == len(set(names)), kind
+        # the only difference is the job document (it holds spec.storage)
+        doc_a = next(e for e in a["env"] if e["name"] == "GISJOB_JOB")
+        rest_a = [e for e in a["env"] if e["name"] != "GISJOB_JOB"]
+        rest_b = [e for e in b["env"] if e["name"] != "GISJOB_JOB"]
+        assert rest_a == rest_b, kind
+        assert STORAGE_SECRET in doc_a["value"]
+
+
+def test_remote_output_asks_for_ephemeral_storage() -> None:
+    job = make_job(output=REMOTE_OUTPUT, storage={"secretName": STORAGE_SECRET})
+    plan = raster_plan()
+    pods = all_pods(job, plan)
+    for kind, built in pods.items():
+        c = container_of(built)
+        res = c["resources"]
+        want = tile_scratch_bytes(plan, "r0000c0001") if kind == "worker" else ROLE_SCRATCH_BYTES
+        assert res["requests"]["ephemeral-storage"] == str(want), kind
+        assert res["limits"]["ephemeral-storage"] == str(want), kind
+        assert res["requests"]["memory"] == res["limits"]["memory"], kind
+        assert env_of(built)[SCRATCH_ENV]["value"] == SCRATCH, kind  # in the scratch volume
+    assert ROLE_SCRATCH_BYTES == 1024**3
+
+
+@pytest.mark.parametrize("uri", ["/data/out/s2", "relative/out"])
+def test_local_output_asks_for_no_ephemeral_storage(uri: str) -> None:
+    job = make_job(output={"uri": uri}, storage={"secretName": STORAGE_SECRET})
+    for kind, built in all_pods(job).items():
+        res = container_of(built)["resources"]
+        assert "ephemeral-storage" not in res["requests"], kind
+        assert "ephemeral-storage" not in res["limits"], kind
+        assert SCRATCH_ENV not in env_of(built), kind
+
+
+def test_worker_without_the_plan_asks_for_no_ephemeral_storage() -> None:
+    job = make_job(output=REMOTE_OUTPUT)
+    res = container_of(build_worker_pod(job, UID, NAMESPACE, LAUNCH, DIGEST))["resources"]
+    assert "ephemeral-storage" not in res["requests"]
+
+
+@pytest.mark.parametrize(
+    ("tile", "width", "height"),
+    [("r0000c0000", 1024, 1024), ("r0000c0002", 452, 1024), ("r0001c0002", 452, 176)],
+)
+@pytest.mark.parametrize(
+    "output",
+    [
+        RasterOutput(1, "float32", -9999.0),
+        RasterOutput(4, "uint16", 0.0),
+        RasterOutput(3, "float64", 0.0),
+    ],
+)
+def test_raster_tile_scratch_is_two_uncompressed_copies_and_a_margin(
+    tile: str, width: int, height: int, output: RasterOutput
+) -> None:
+    plan = raster_plan(output)
+    body = width * height * output.count * dtype_bytes(output.dtype)
+    expected = -(-(2 * body + 64 * MIB) // MIB) * MIB
+    assert tile_scratch_bytes(plan, tile) == expected
+    assert expected % MIB == 0 and expected >= 2 * body + 64 * MIB
+
+
+def test_sub_tile_scratch_is_sized_as_the_plan_lays_it() -> None:
+    plan = raster_plan()
+    whole = tile_scratch_bytes(plan, "r0000c0000")
+    quarter = tile_scratch_bytes(plan, "r0000c0000-q0")
+    assert quarter == -(-(2 * 512 * 512 * 4 + 64 * MIB) // MIB) * MIB
+    assert quarter < whole
+
+
+def test_vector_tile_scratch_follows_features_and_bytes_per_feature() -> None:
+    plan = vector_plan(2500)
+    f = plan.files[0]
+    assert not isinstance(f, RasterFile)
+    for tile in plan.tiles:
+        assert tile.fids is not None
+        body = tile.fids.features * f.bytes_per_feature
+        expected = -(-(int(2 * body) + 64 * MIB) // MIB) * MIB
+        assert tile_scratch_bytes(plan, tile.id) == expected
+    # the short last tile needs less
+    assert tile_scratch_bytes(plan, plan.tiles[-1].id) <= tile_scratch_bytes(plan, plan.tiles[0].id)
+
+
+def test_worker_pod_scratch_follows_its_tile_and_kind() -> None:
+    job = make_job(
+        operation={"name": "filter", "params": {}},
+        output={"uri": "s3://bucket/out/parcels", "format": "GeoParquet"},
+    )
+    plan = vector_plan(2500)
+    for tile in plan.tiles:
+        launch = PodLaunch(tile.id, 0, 512 * MIB, 1.0, "initial")
+        built = build_worker_pod(job, UID, NAMESPACE, launch, DIGEST, plan=plan)
+        res = container_of(built)["resources"]
+        assert res["limits"]["ephemeral-storage"] == str(tile_scratch_bytes(plan, tile.id))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "size"),
+    [("uint8", 1), ("int16", 2), ("uint16", 2), ("float32", 4), ("int32", 4), ("float64", 8)],
+)
+def test_dtype_bytes(dtype: str, size: int) -> None:
+    assert dtype_bytes(dtype) == size
+    assert dtype_bytes("something-new") == 8  # unknown: the larger guess
