@@ -472,6 +472,7 @@ class JobController:
                 launch,
                 digest,
                 baseline=(plan.kind, plan.sizing.baseline_bytes),
+                plan=plan,
             )
             if not self._create(body):
                 break  # backing off after server errors: the next tick decides again

@@ -69,10 +69,8 @@ class TileTree:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.index = {t.id: i for i, t in enumerate(plan.tiles)}
         self._children: dict[str, list[Tile]] = {}
-        # sub-tiles only: planned tiles are found through ``index`` (one dict per plan,
-        # whatever its size)
+        # sub-tiles only: planned tiles are laid on demand (Plan.index_of, Plan.tiles)
         self._sub: dict[str, Tile] = {}
         self._sub_root: dict[str, int] = {}
 
@@ -86,12 +84,16 @@ class TileTree:
                 self._sub_root[k.id] = root
         return self._children[tile.id]
 
+    def index(self, tile_id: str) -> int | None:
+        """The planned index of a planned tile (None for sub-tiles)."""
+        return self.plan.index_of(tile_id)
+
     def tile(self, tile_id: str) -> Tile | None:
-        i = self.index.get(tile_id)
+        i = self.plan.index_of(tile_id)
         return self.plan.tiles[i] if i is not None else self._sub.get(tile_id)
 
     def root(self, tile_id: str) -> int:
-        i = self.index.get(tile_id)
+        i = self.plan.index_of(tile_id)
         return i if i is not None else self._sub_root[tile_id]
 
 
@@ -113,9 +115,9 @@ def _collapse(tree: TileTree, p: Progress) -> None:
     """A planned tile whose split subtree is resolved becomes one completed/failed index;
     its sub-tile ids leave the status (keeps status small)."""
     for tid in list(p.split):
-        if tid not in tree.index:
+        i = tree.index(tid)
+        if i is None:
             continue
-        i = tree.index[tid]
         states = list(_leaf_state(tree, tree.plan.tiles[i], p))
         if any(s == "open" for _, s in states):
             continue
@@ -126,18 +128,26 @@ def _collapse(tree: TileTree, p: Progress) -> None:
         p.sub_failed = {s for s in p.sub_failed if not s.startswith(prefix)}
 
 
+UNRESOLVED_BLOCK = 65_536  # planned indexes per set difference: bounded transient memory
+
+
+def _unresolved(n: int, p: Progress) -> Iterator[int]:
+    """Planned indexes neither completed nor failed, in order: set arithmetic (C speed) a
+    block at a time, so a tick late in a million-tile job neither walks every completed
+    tile in Python nor builds a set of every index."""
+    if not p.completed and not p.failed:
+        yield from range(n)
+        return
+    for start in range(0, n, UNRESOLVED_BLOCK):
+        block = set(range(start, min(n, start + UNRESOLVED_BLOCK)))
+        yield from sorted(block.difference(p.completed, p.failed))
+
+
 def open_leaves(tree: TileTree, p: Progress) -> Iterator[Tile]:
     """Open leaves in plan order: unresolved planned tiles, and the open sub-tiles of the
-    split ones. The unresolved indexes come from set arithmetic (C speed), so a tick late in
-    a 100,000-tile job does not walk every completed tile in Python."""
-    n = len(tree.plan.tiles)
-    unresolved: Iterable[int] = (
-        sorted(set(range(n)).difference(p.completed, p.failed))
-        if p.completed or p.failed
-        else range(n)
-    )
+    split ones."""
     tiles = tree.plan.tiles
-    for i in unresolved:
+    for i in _unresolved(len(tiles), p):
         tile = tiles[i]
         if tile.id in p.split:
             for leaf, state in _leaf_state(tree, tile, p):
@@ -148,8 +158,9 @@ def open_leaves(tree: TileTree, p: Progress) -> Iterator[Tile]:
 
 
 def _mark(tree: TileTree, p: Progress, tile: Tile, outcome: str) -> None:
-    if tile.id in tree.index and tile.id not in p.split:
-        (p.completed if outcome == "done" else p.failed).add(tree.index[tile.id])
+    i = tree.index(tile.id)
+    if i is not None and tile.id not in p.split:
+        (p.completed if outcome == "done" else p.failed).add(i)
     else:
         (p.sub_done if outcome == "done" else p.sub_failed).add(tile.id)
 

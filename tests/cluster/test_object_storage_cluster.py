@@ -339,6 +339,10 @@ def test_s3_to_s3_through_the_operator_with_credentials_from_a_secret(
         if role in ("planner", "finalizer"):
             assert resources["requests"]["ephemeral-storage"] == str(GIB), pod_name
             assert resources["limits"]["ephemeral-storage"] == str(GIB), pod_name
+        else:  # the tile it builds before upload: 512² float32 x 2 + 64 MiB, in MiB
+            scratch = str((2 * 512 * 512 * 4 + 64 * 2**20 + 2**20 - 1) // 2**20 * 2**20)
+            assert resources["requests"]["ephemeral-storage"] == scratch, pod_name
+            assert resources["limits"]["ephemeral-storage"] == scratch, pod_name
 
     # the secret key is nowhere the operator writes or reads
     key = s3_server.secret_key

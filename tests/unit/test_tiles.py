@@ -20,7 +20,6 @@ from gisjob_worker.tiles import (
     chunk_windows,
     feature_ranges,
     parse_tile_id,
-    raster_grid,
     raster_tile_id,
     split_range,
     split_window,
@@ -29,6 +28,25 @@ from gisjob_worker.tiles import (
 )
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def raster_grid(
+    width: int, height: int, tile_size: int, bw: int, bh: int
+) -> list[tuple[int, int, Window]]:
+    """(row, col, window) of every planned tile, as the plan lays them (RasterTiles)."""
+    from planbuilders import raster_sizing
+
+    from gisjob_worker.plan import RasterFile, RasterOutput, RasterTiles
+
+    f = RasterFile(0, "/x.tif", width, height, 1, bw, bh, (1,), 2, 8, RasterOutput(1, "uint8", 0))
+    laid = RasterTiles(raster_sizing(), f, tile_size, None)
+    out = []
+    for t in laid:
+        tid = parse_tile_id(t.id)
+        assert t.window is not None and tid.row is not None and tid.col is not None
+        assert laid.index_of(t.id) == tid.row * laid.cols + tid.col
+        out.append((tid.row, tid.col, t.window))
+    return out
 
 
 def coverage(shape: tuple[int, int], windows: list[Window]) -> np.ndarray:
@@ -64,7 +82,7 @@ def test_tile_edge_rounds_to_nearest_block_multiple(tile_size: int, block: int, 
 
 
 def test_tile_size_1000_block_512_gives_1024_tiles() -> None:
-    tiles = list(raster_grid(3000, 2100, 1000, 512, 512))
+    tiles = raster_grid(3000, 2100, 1000, 512, 512)
     assert [(r, c) for r, c, _ in tiles][:4] == [(0, 0), (0, 1), (0, 2), (1, 0)]
     assert len(tiles) == 3 * 3
     assert tiles[0][2] == Window(0, 0, 1024, 1024)
@@ -88,7 +106,7 @@ def test_raster_grid_covers_once_block_aligned(
 ) -> None:
     width, height = size
     bw, bh = block
-    tiles = list(raster_grid(width, height, tile_size, bw, bh))
+    tiles = raster_grid(width, height, tile_size, bw, bh)
     tw, th = tile_edge(tile_size, bw), tile_edge(tile_size, bh)
     assert len(tiles) == math.ceil(width / tw) * math.ceil(height / th)
     windows = [w for _, _, w in tiles]

@@ -175,10 +175,10 @@ class LocalLocation:
     def list(self, folder: str) -> list[str]:
         base = self.path(folder)
         try:
-            os.stat(base)  # a file where a folder should be is an error, not "empty"
-        except FileNotFoundError:
+            os.stat(base)
+        except (FileNotFoundError, NotADirectoryError):  # nothing can be listed there
             return []
-        if not base.is_dir():
+        if not base.is_dir():  # a file where the folder should be: an error, not "empty"
             raise NotADirectoryError(20, "Not a directory", str(base))
         keys: list[str] = []
         for dirpath, _, names in os.walk(base):

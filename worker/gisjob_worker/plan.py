@@ -8,9 +8,11 @@ from one plan. Reading the input's metadata is :mod:`inputs`; building a plan is
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from . import memory
 from .errors import InputError, SpecError
@@ -20,9 +22,15 @@ from .tiles import (
     FeatureRange,
     Window,
     chunk_count,
+    feature_range_at,
+    feature_tile_count,
+    grid_window,
     parse_tile_id,
+    raster_tile_id,
     split_range,
     split_window,
+    tile_edge,
+    vector_tile_id,
 )
 
 
@@ -136,16 +144,20 @@ class Plan:
     digest: str
     sizing: Sizing
     files: tuple[RasterFile | VectorFile, ...]
-    tiles: tuple[Tile, ...]
-    _by_id: dict[str, Tile] = field(default_factory=dict, compare=False, repr=False)
+    tiles: Sequence[Tile]  # LaidTiles from the planner; any sequence in tests
+    _by_id: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def index_of(self, tile_id: str) -> int | None:
+        """The planned index of a planned tile's id (None for sub-tiles and strangers)."""
+        if isinstance(self.tiles, LaidTiles):
+            return self.tiles.index_of(tile_id)
+        if not self._by_id:
+            self._by_id.update({t.id: i for i, t in enumerate(self.tiles)})
+        return self._by_id.get(tile_id)
 
     def tile(self, tile_id: str) -> Tile:
-        if not self._by_id:
-            self._by_id.update({t.id: t for t in self.tiles})
-        try:
-            return self._by_id[tile_id]
-        except KeyError:
-            return resolve_subtile(self, tile_id)
+        i = self.index_of(tile_id)
+        return self.tiles[i] if i is not None else resolve_subtile(self, tile_id)
 
     @property
     def max_estimate(self) -> int:
@@ -404,6 +416,166 @@ def file_tile_count(f: RasterFile | VectorFile, tile_size: int, features_per_til
     return max(1, math.ceil(f.features / features_per_tile))
 
 
+class LaidTiles(Sequence[Tile]):
+    """The planned tiles of a plan, laid on demand from the files' geometry (pure): a plan
+    of a million tiles holds a few numbers per file, not a million objects — the operator
+    keeps plans of every job it runs. Equal to any sequence of the same tiles."""
+
+    def index_of(self, tile_id: str) -> int | None:
+        """The planned index of ``tile_id`` (None: not a planned tile of this plan)."""
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or len(other) != len(self):
+            return False
+        return all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {len(self)} tiles>"
+
+    def _at(self, i: int) -> Tile:
+        raise NotImplementedError
+
+    def shapes(self) -> list[int]:
+        """Indexes of one tile of each size this file has (sizing depends on size only)."""
+        raise NotImplementedError
+
+    def sized(self) -> LaidTiles:
+        """Self, once every tile size has been sized: a budget no tile fits raises
+        :class:`SpecError` here, at planning, not when a tile is first laid."""
+        for i in self.shapes():
+            self._at(i)
+        return self
+
+    @overload
+    def __getitem__(self, i: int) -> Tile: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Tile]: ...
+
+    def __getitem__(self, i: int | slice) -> Tile | list[Tile]:
+        n = len(self)
+        if isinstance(i, slice):
+            return [self._at(k) for k in range(*i.indices(n))]
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"tile index {i} out of range ({n} tiles)")
+        return self._at(i)
+
+
+class RasterTiles(LaidTiles):
+    """A raster's grid of tiles, row-major; each tile shape is sized once."""
+
+    def __init__(self, sizing: Sizing, f: RasterFile, tile_size: int, fi: int | None) -> None:
+        self.sizing, self.f, self.fi = sizing, f, fi
+        self.tw = tile_edge(tile_size, f.block_width)
+        self.th = tile_edge(tile_size, f.block_height)
+        self.cols = math.ceil(f.width / self.tw)
+        self.rows = math.ceil(f.height / self.th)
+        self._sized: dict[tuple[int, int], tuple[ChunkShape, int, int, int]] = {}
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def shapes(self) -> list[int]:
+        n = len(self)
+        return sorted({0, self.cols - 1, n - self.cols, n - 1}) if n else []
+
+    def _at(self, i: int) -> Tile:
+        r, c = divmod(i, self.cols)
+        win = grid_window(self.f.width, self.f.height, self.tw, self.th, r, c)
+        shape = self._sized.get((win.width, win.height))
+        if shape is None:
+            chunk, est, req = size_raster(self.sizing, self.f, win)
+            shape = self._sized[win.width, win.height] = (chunk, est, req, chunk_count(win, chunk))
+        chunk, est, req, chunks = shape
+        tid = raster_tile_id(self.fi, r, c)
+        return Tile(tid, self.f.index, win, None, chunk, None, chunks, est, req)
+
+    def index_of(self, tile_id: str) -> int | None:
+        try:
+            tid = parse_tile_id(tile_id)
+        except ValueError:
+            return None
+        if tid.splits or tid.file_index != self.fi or tid.row is None or tid.col is None:
+            return None
+        if tid.row >= self.rows or tid.col >= self.cols:
+            return None
+        return tid.row * self.cols + tid.col
+
+
+class VectorTiles(LaidTiles):
+    """A layer's feature-range tiles; each feature count is sized once."""
+
+    def __init__(self, sizing: Sizing, f: VectorFile, per_tile: int, fi: int | None) -> None:
+        self.sizing, self.f, self.fi, self.per_tile = sizing, f, fi, per_tile
+        self.n = feature_tile_count(f.features, per_tile, f.fid_bounds)
+        self._sized: dict[int, tuple[int, int, int, int]] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def shapes(self) -> list[int]:
+        return sorted({0, self.n - 1})
+
+    def _at(self, i: int) -> Tile:
+        f = self.f
+        rng = feature_range_at(i, f.first_fid, f.features, self.per_tile, f.fid_bounds)
+        sized = self._sized.get(rng.features)
+        if sized is None:
+            rows, est, req = size_vector(self.sizing, f, rng)
+            chunks = max(1, math.ceil(rng.features / rows))
+            sized = self._sized[rng.features] = (rows, est, req, chunks)
+        rows, est, req, chunks = sized
+        return Tile(vector_tile_id(self.fi, i), f.index, None, rng, None, rows, chunks, est, req)
+
+    def index_of(self, tile_id: str) -> int | None:
+        try:
+            tid = parse_tile_id(tile_id)
+        except ValueError:
+            return None
+        k = tid.feature_tile
+        if tid.splits or tid.file_index != self.fi or k is None or k >= self.n:
+            return None
+        return k
+
+
+class ChainedTiles(LaidTiles):
+    """The tiles of several files, file after file."""
+
+    def __init__(self, parts: Sequence[LaidTiles]) -> None:
+        self.parts = list(parts)
+        self.starts: list[int] = []
+        total = 0
+        for part in self.parts:
+            self.starts.append(total)
+            total += len(part)
+        self.total = total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def _at(self, i: int) -> Tile:
+        k = bisect.bisect_right(self.starts, i) - 1
+        while len(self.parts[k]) == 0:  # empty parts share a start with the next one
+            k += 1
+        return self.parts[k][i - self.starts[k]]
+
+    def index_of(self, tile_id: str) -> int | None:
+        for start, part in zip(self.starts, self.parts, strict=True):
+            i = part.index_of(tile_id)
+            if i is not None:
+                return start + i
+        return None
+
+
+def laid_tiles(parts: Sequence[LaidTiles]) -> LaidTiles:
+    return parts[0] if len(parts) == 1 else ChainedTiles(parts)
+
+
 def file_tiles(
     sizing: Sizing,
     f: RasterFile | VectorFile,
@@ -411,30 +583,10 @@ def file_tiles(
     features_per_tile: int,
     *,
     multi: bool,
-) -> list[Tile]:
+) -> LaidTiles:
     """Every planned tile of one input file, from what the plan holds of it (pure: the
     planner, the plan descriptor and the operator lay the same tiles)."""
-    from .tiles import feature_ranges, raster_grid, raster_tile_id, vector_tile_id
-
     fi = f.index if multi else None
     if isinstance(f, RasterFile):
-        # a tile's sizing depends on its shape only: size each shape once and share the
-        # results (a 100,000-tile plan has at most four shapes; the operator keeps it)
-        sized: dict[tuple[int, int], tuple[ChunkShape, int, int, int]] = {}
-        tiles: list[Tile] = []
-        for r, c, win in raster_grid(f.width, f.height, tile_size, f.block_width, f.block_height):
-            shape = sized.get((win.width, win.height))
-            if shape is None:
-                chunk, est, req = size_raster(sizing, f, win)
-                shape = sized[win.width, win.height] = (chunk, est, req, chunk_count(win, chunk))
-            chunk, est, req, chunks = shape
-            tiles.append(
-                Tile(raster_tile_id(fi, r, c), f.index, win, None, chunk, None, chunks, est, req)
-            )
-        return tiles
-    return [
-        make_vector_tile(sizing, f, vector_tile_id(fi, k), rng)
-        for k, rng in enumerate(
-            feature_ranges(f.first_fid, f.features, features_per_tile, f.fid_bounds)
-        )
-    ]
+        return RasterTiles(sizing, f, tile_size, fi).sized()
+    return VectorTiles(sizing, f, features_per_tile, fi).sized()

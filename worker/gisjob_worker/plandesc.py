@@ -20,7 +20,16 @@ import zlib
 from typing import Any
 
 from .errors import GisJobError
-from .plan import Plan, RasterFile, RasterOutput, Sizing, Tile, VectorFile, file_tiles
+from .plan import (
+    LaidTiles,
+    Plan,
+    RasterFile,
+    RasterOutput,
+    Sizing,
+    VectorFile,
+    file_tiles,
+    laid_tiles,
+)
 
 DESCRIPTOR_VERSION = 1
 LOG_MARKER = "gisjob-plan-descriptor:"
@@ -106,9 +115,9 @@ def from_descriptor(d: dict[str, Any], max_tiles: int | None = None) -> Plan:
         sizing: Sizing = _build(Sizing, d["sizing"])
         files = tuple(_file_from(f) for f in d["files"])
         tiling = d["tiling"]
-        tiles: list[Tile] = []
+        tiles: list[LaidTiles] = []
         for f in files:
-            tiles.extend(
+            tiles.append(
                 file_tiles(
                     sizing,
                     f,
@@ -125,7 +134,7 @@ def from_descriptor(d: dict[str, Any], max_tiles: int | None = None) -> Plan:
             digest=d["digest"],
             sizing=sizing,
             files=files,
-            tiles=tuple(tiles),
+            tiles=laid_tiles(tiles),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise DescriptorError(f"plan descriptor is malformed: {exc!r}") from None

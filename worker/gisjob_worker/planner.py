@@ -19,6 +19,7 @@ from .errors import InputError, SpecError
 from .inputs import input_files, raster_file, vector_file
 from .plan import (
     MAX_TILES_ENV,
+    LaidTiles,
     Plan,
     RasterFile,
     Sizing,
@@ -26,6 +27,7 @@ from .plan import (
     VectorFile,
     file_tile_count,
     file_tiles,
+    laid_tiles,
     max_tiles,
     placeholder_file,
 )
@@ -89,7 +91,7 @@ def _build_plan(job: GisJob, file_indexes: list[int] | None) -> Plan:
         ),
     )
     files: list[RasterFile | VectorFile] = []
-    tiles: list[Tile] = []
+    tiles: list[LaidTiles] = []
     tile_size, per_tile = job.spec.tiling.tile_size, job.spec.tiling.features_per_tile
     limit, count = max_tiles(), 0
     wanted = set(range(len(uris))) if file_indexes is None else set(file_indexes)
@@ -110,7 +112,7 @@ def _build_plan(job: GisJob, file_indexes: list[int] | None) -> Plan:
                 f"{limit:,} (${MAX_TILES_ENV}); raise spec.tiling.tileSize or "
                 "featuresPerTile, or split the input"
             )
-        tiles.extend(file_tiles(sizing, f, tile_size, per_tile, multi=multi))
+        tiles.append(file_tiles(sizing, f, tile_size, per_tile, multi=multi))
     return Plan(
         job=job.name,
         kind=op.kind,
@@ -119,7 +121,7 @@ def _build_plan(job: GisJob, file_indexes: list[int] | None) -> Plan:
         digest=plan_digest(job, uris),
         sizing=sizing,
         files=tuple(files),
-        tiles=tuple(tiles),
+        tiles=laid_tiles(tiles),
     )
 
 

@@ -93,20 +93,22 @@ def tile_edge(tile_size: int, block: int) -> int:
     return max(1, round(tile_size / block)) * block
 
 
+def grid_window(width: int, height: int, tw: int, th: int, row: int, col: int) -> Window:
+    """The window of grid tile (``row``, ``col``) of ``tw`` x ``th`` tiles; edge tiles are
+    smaller."""
+    col_off, row_off = col * tw, row * th
+    return Window(col_off, row_off, min(tw, width - col_off), min(th, height - row_off))
+
+
 def raster_grid(
     width: int, height: int, tile_size: int, block_width: int, block_height: int
 ) -> Iterator[tuple[int, int, Window]]:
-    """(row, col, window) for every tile of a raster; edge tiles are smaller."""
+    """(row, col, window) for every tile of a raster, row-major (as a plan lays them)."""
     tw = tile_edge(tile_size, block_width)
     th = tile_edge(tile_size, block_height)
     for r in range(math.ceil(height / th)):
         for c in range(math.ceil(width / tw)):
-            col_off, row_off = c * tw, r * th
-            yield (
-                r,
-                c,
-                Window(col_off, row_off, min(tw, width - col_off), min(th, height - row_off)),
-            )
+            yield r, c, grid_window(width, height, tw, th, r, c)
 
 
 def chunk_windows(tile: Window, chunk: ChunkShape) -> Iterator[Window]:
@@ -175,6 +177,31 @@ class FeatureRange:
         return clause if extra is None else f"{clause} AND (\n{extra}\n)"
 
 
+def feature_tile_count(count: int, per_tile: int, bounds: Sequence[int] = ()) -> int:
+    """How many tiles :func:`feature_ranges` lays."""
+    return len(bounds) if bounds else max(1, math.ceil(count / per_tile))
+
+
+def feature_range_at(
+    i: int, first_fid: int, count: int, per_tile: int, bounds: Sequence[int] = ()
+) -> FeatureRange:
+    """Tile ``i`` of :func:`feature_ranges` (laid alone)."""
+    n = feature_tile_count(count, per_tile, bounds)
+    last = i == n - 1
+    if bounds:
+        return FeatureRange(
+            start=bounds[i],
+            stop=None if last else bounds[i + 1],
+            features=max(0, count - (n - 1) * per_tile) if last else per_tile,
+        )
+    start = first_fid + i * per_tile
+    return FeatureRange(
+        start=start,
+        stop=None if last else start + per_tile,
+        features=count - i * per_tile if last else per_tile,
+    )
+
+
 def feature_ranges(
     first_fid: int, count: int, per_tile: int, bounds: Sequence[int] = ()
 ) -> list[FeatureRange]:
@@ -184,29 +211,8 @@ def feature_ranges(
     layer's real FIDs, so sparse ids (OSM ids, GeoPackages after deletes) still make tiles
     of ``per_tile`` features. Without it FIDs are taken as contiguous from ``first_fid``.
     """
-    if bounds:
-        n = len(bounds)
-        return [
-            FeatureRange(
-                start=b,
-                stop=bounds[i + 1] if i < n - 1 else None,
-                features=per_tile if i < n - 1 else max(0, count - (n - 1) * per_tile),
-            )
-            for i, b in enumerate(bounds)
-        ]
-    n = max(1, math.ceil(count / per_tile))
-    out = []
-    for i in range(n):
-        start = first_fid + i * per_tile
-        last = i == n - 1
-        out.append(
-            FeatureRange(
-                start=start,
-                stop=None if last else start + per_tile,
-                features=count - i * per_tile if last else per_tile,
-            )
-        )
-    return out
+    n = feature_tile_count(count, per_tile, bounds)
+    return [feature_range_at(i, first_fid, count, per_tile, bounds) for i in range(n)]
 
 
 def split_range(rng: FeatureRange, end: int | None = None) -> list[tuple[str, FeatureRange]] | None:
