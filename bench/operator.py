@@ -267,6 +267,7 @@ def status_at_scale(work: Path, cols: int = 400, rows: int = 250) -> dict[str, A
     """Status bytes of a real ``cols x rows``-tile plan, through the real controller."""
     from prometheus_client import CollectorRegistry
 
+    from gisjob_operator.admission import DEFAULT_ALLOWED_VOLUME_TYPES, PodPolicy
     from gisjob_operator.controller import Context, JobController, JobMemo
     from gisjob_operator.metrics import OperatorMetrics
     from gisjob_operator.pods import (
@@ -304,8 +305,13 @@ def status_at_scale(work: Path, cols: int = 400, rows: int = 250) -> dict[str, A
     descriptor_s = time.perf_counter() - t0
     assert again.digest == plan.digest and len(again.tiles) == n
     kube = _offline_kube()
+    # the bench's jobs mount their data with hostPath (one machine): allowed here as the
+    # cluster variants allow it through GISJOB_ALLOWED_VOLUME_TYPES
+    policy = PodPolicy(allowed_volume_types=(*DEFAULT_ALLOWED_VOLUME_TYPES, "hostPath"))
     ctx = Context(
-        settings=OperatorSettings(), kube=kube, metrics=OperatorMetrics(CollectorRegistry())
+        settings=OperatorSettings(pod_policy=policy),
+        kube=kube,
+        metrics=OperatorMetrics(CollectorRegistry()),
     )
     ctx.jobs["0000-big"] = JobMemo(spec_key=spec_hash(job), plan=plan)
     out: dict[str, Any] = {
@@ -515,7 +521,7 @@ def finish_scaling(
                 peak_rss_bytes=100 * MIB,
                 recorded_at=time.time(),
             )
-            path = store.record_path(record)  # written plainly: setup, not measured
+            path = out_dir / store.record_key(record)  # written plainly: setup, not measured
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(record.dumps() + "\n")
         everything = set(range(len(plan.tiles)))

@@ -157,6 +157,51 @@ def open_leaves(tree: TileTree, p: Progress) -> Iterator[Tile]:
             yield tile
 
 
+def _open_under_splits(tree: TileTree, p: Progress) -> Iterator[Tile]:
+    """The open sub-tiles of the unresolved split planned tiles (a few: splits are rare)."""
+    for tid in sorted(p.split):
+        i = tree.index(tid)
+        if i is None or i in p.completed or i in p.failed:
+            continue
+        for leaf, state in _leaf_state(tree, tree.plan.tiles[i], p):
+            if state == "open":
+                yield leaf
+
+
+def open_count(tree: TileTree, p: Progress) -> int:
+    """How many leaves :func:`open_leaves` yields, by arithmetic: no tile is laid."""
+    n = len(tree.plan.tiles)
+    count = n - len(p.completed) - len(p.failed.difference(p.completed))
+    for tid in p.split | p.sub_done | p.sub_failed:  # planned tiles that are not open leaves
+        i = tree.index(tid)
+        if i is not None and i not in p.completed and i not in p.failed:
+            count -= 1
+    return count + sum(1 for _ in _open_under_splits(tree, p))
+
+
+class OpenTiles:
+    """Whether a tile id is an open leaf as of when this was made (:func:`open_leaves`
+    without walking them: planned ids by their index, sub-tiles from the few splits), plus
+    ids :meth:`update` adds."""
+
+    def __init__(self, tree: TileTree, p: Progress) -> None:
+        self.tree = tree
+        self.resolved = frozenset(p.completed) | frozenset(p.failed)
+        self.not_leaves = frozenset(p.split | p.sub_done | p.sub_failed)
+        self.sub = {t.id for t in _open_under_splits(tree, p)}
+
+    def __contains__(self, tile_id: object) -> bool:
+        if not isinstance(tile_id, str):
+            return False
+        i = self.tree.index(tile_id)
+        if i is None:
+            return tile_id in self.sub
+        return i not in self.resolved and tile_id not in self.not_leaves
+
+    def update(self, ids: Iterable[str]) -> None:
+        self.sub.update(ids)
+
+
 def _mark(tree: TileTree, p: Progress, tile: Tile, outcome: str) -> None:
     i = tree.index(tile.id)
     if i is not None and tile.id not in p.split:
@@ -194,8 +239,8 @@ def reconcile(
         by_tile.setdefault(pod.tile, []).append(pod)
     for lst in by_tile.values():
         lst.sort(key=lambda v: v.attempt)
-    # walking the open leaves makes every open sub-tile known to the tree by id
-    open_ids = {t.id for t in open_leaves(tree, p)}
+    # knowing the open sub-tiles makes every one of them known to the tree by id
+    open_ids = OpenTiles(tree, p)
     for tid in list(p.split):
         t = tree.tile(tid)
         if t is not None:
@@ -369,10 +414,10 @@ def reconcile(
     _collapse(tree, p)
     actions.changed = p.key() != before.key()
     actions.create.extend(successors)  # they replace a pod: no new slot
-    open_after = list(open_leaves(tree, p))  # progress is final for this tick
+    # progress is final for this tick: launch the first open leaves (laid as they come)
     if not suspended:
         budget = max(0, parallelism - slots)
-        for leaf in open_after:
+        for leaf in open_leaves(tree, p):
             if budget <= 0:
                 break
             if leaf.id in by_tile:
@@ -390,7 +435,7 @@ def reconcile(
     failed_pods.sort(key=lambda v: (v.finished_at or 0.0, v.name))
     excess = len(failed_pods) - keep_failed
     actions.delete.extend(v.name for v in failed_pods[: max(0, excess)])
-    remaining = len(open_after)
+    remaining = open_count(tree, p)
     actions.running = slots
     actions.pending = max(0, remaining - slots)
     actions.finished = remaining == 0 and slots == 0
@@ -404,7 +449,7 @@ def _backing_off(view: PodView, delay: float, now: float) -> bool:
     return view.finished_at is not None and view.finished_at + delay > now
 
 
-def _under_open_tile(tile_id: str, open_ids: set[str]) -> bool:
+def _under_open_tile(tile_id: str, open_ids: OpenTiles) -> bool:
     """Whether ``tile_id`` is a sub-tile (``…-q1``, ``…-h0``) of an open tile."""
     head = tile_id
     while "-" in head:

@@ -49,7 +49,7 @@ def plan_status(plan: Plan) -> dict[str, Any]:
         "estimatedPeakBytes": plan.max_estimate,
         "memoryRequestBytes": plan.max_request,
         "memoryRequest": str(to_quantity(round_up_mib(plan.max_request))),
-        "sumMemoryRequestBytes": sum(t.memory_request_bytes for t in plan.tiles),
+        "sumMemoryRequestBytes": plan.sum_requests,
         "digest": plan.digest,
     }
 

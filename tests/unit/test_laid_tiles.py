@@ -79,3 +79,59 @@ def test_a_million_tile_plan_costs_no_memory_per_tile() -> None:
     assert middle.window is not None and middle.window.col_off == 500 * 512
     assert got.index_of("r0999c0999") == 999_999
     assert peak < 16 * 1024**2, peak  # laid eagerly: ~300 MB
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "tile"), [(3000, 2100, 1000), (2048, 2048, 1024), (512, 100, 1024)]
+)
+def test_aggregates_by_size_equal_every_tile(width: int, height: int, tile: int) -> None:
+    """max/sum of requests come from one tile of each size, times how many share it."""
+    sizing, f = raster_sizing(), raster_file(width, height, block=512)
+    plan = Plan("j", "raster", "scale", "COG", "d" * 16, sizing, (f,),
+                file_tiles(sizing, f, tile, 1, multi=False))  # fmt: skip
+    every = list(plan.tiles)
+    assert sum(n for _, n in plan.by_size()) == len(every)
+    assert plan.max_request == max(t.memory_request_bytes for t in every)
+    assert plan.max_estimate == max(t.estimated_peak_bytes for t in every)
+    assert plan.sum_requests == sum(t.memory_request_bytes for t in every)
+    vs, vf = vector_sizing(), vector_file(2500)
+    vplan = Plan("j", "vector", "filter", "GeoParquet", "d" * 16, vs, (vf,),
+                 file_tiles(vs, vf, 1, 1000, multi=False))  # fmt: skip
+    assert vplan.sum_requests == sum(t.memory_request_bytes for t in vplan.tiles)
+    assert sum(n for _, n in vplan.by_size()) == len(vplan.tiles) == 3
+
+
+def test_open_count_and_membership_equal_walking_the_open_leaves() -> None:
+    """The reconcile counts and tests open leaves without laying them: both agree with
+    walking :func:`open_leaves`, with splits (nested too), done and failed sub-tiles."""
+    import random
+
+    from gisjob_operator.progress import Progress
+    from gisjob_operator.reconcile import OpenTiles, TileTree, open_count, open_leaves
+
+    sizing, f = raster_sizing(), raster_file(40 * 512, 30 * 512, block=256)
+    plan = Plan("j", "raster", "scale", "COG", "d" * 16, sizing, (f,),
+                file_tiles(sizing, f, 512, 1, multi=False))  # fmt: skip
+    rng = random.Random(7)
+    for _ in range(20):
+        tree = TileTree(plan)
+        n = len(plan.tiles)
+        p = Progress(
+            completed=set(rng.sample(range(n), rng.randrange(n))),
+        )
+        p.failed = set(rng.sample(sorted(set(range(n)) - p.completed), 5))
+        unresolved = sorted(set(range(n)) - p.completed - p.failed)
+        for i in rng.sample(unresolved, 3):
+            parent = plan.tiles[i]
+            p.split.add(parent.id)
+            kids = tree.children(parent)
+            p.sub_done.add(kids[0].id)
+            p.sub_failed.add(kids[1].id)
+            p.split.add(kids[2].id)  # a nested split: its quadrants are open leaves
+            tree.children(kids[2])
+        walked = [t.id for t in open_leaves(tree, p)]
+        assert open_count(tree, p) == len(walked)
+        members = OpenTiles(tree, p)
+        assert all(t in members for t in walked)
+        closed = {plan.tiles[i].id for i in p.completed | p.failed} | p.split | p.sub_done
+        assert not any(t in members for t in closed)

@@ -159,13 +159,24 @@ class Plan:
         i = self.index_of(tile_id)
         return self.tiles[i] if i is not None else resolve_subtile(self, tile_id)
 
+    def by_size(self) -> list[tuple[Tile, int]]:
+        """One tile of each size and how many tiles have it (every tile, when the tiles are
+        not :class:`LaidTiles`): aggregates without laying a million tiles."""
+        if isinstance(self.tiles, LaidTiles):
+            return self.tiles.by_size()
+        return [(t, 1) for t in self.tiles]
+
     @property
     def max_estimate(self) -> int:
-        return max((t.estimated_peak_bytes for t in self.tiles), default=0)
+        return max((t.estimated_peak_bytes for t, _ in self.by_size()), default=0)
 
     @property
     def max_request(self) -> int:
-        return max((t.memory_request_bytes for t in self.tiles), default=0)
+        return max((t.memory_request_bytes for t, _ in self.by_size()), default=0)
+
+    @property
+    def sum_requests(self) -> int:
+        return sum(t.memory_request_bytes * n for t, n in self.by_size())
 
     def to_json(self) -> dict[str, Any]:
         files: list[dict[str, Any]] = []
@@ -209,7 +220,7 @@ class Plan:
                 "tiles": len(self.tiles),
                 "estimatedPeakBytes": self.max_estimate,
                 "memoryRequestBytes": self.max_request,
-                "sumMemoryRequestBytes": sum(t.memory_request_bytes for t in self.tiles),
+                "sumMemoryRequestBytes": self.sum_requests,
             },
         }
 
@@ -438,9 +449,18 @@ class LaidTiles(Sequence[Tile]):
     def _at(self, i: int) -> Tile:
         raise NotImplementedError
 
-    def shapes(self) -> list[int]:
-        """Indexes of one tile of each size this file has (sizing depends on size only)."""
+    def sizes(self) -> list[tuple[int, int]]:
+        """(index of one tile, how many tiles) for each tile size: a tile's sizing depends
+        on its size only, so these answer questions about every tile at once."""
         raise NotImplementedError
+
+    def shapes(self) -> list[int]:
+        """Indexes of one tile of each size."""
+        return [i for i, _ in self.sizes()]
+
+    def by_size(self) -> list[tuple[Tile, int]]:
+        """One tile of each size, and how many tiles have it."""
+        return [(self._at(i), n) for i, n in self.sizes()]
 
     def sized(self) -> LaidTiles:
         """Self, once every tile size has been sized: a budget no tile fits raises
@@ -480,9 +500,17 @@ class RasterTiles(LaidTiles):
     def __len__(self) -> int:
         return self.rows * self.cols
 
-    def shapes(self) -> list[int]:
-        n = len(self)
-        return sorted({0, self.cols - 1, n - self.cols, n - 1}) if n else []
+    def sizes(self) -> list[tuple[int, int]]:
+        # interior columns/rows share one width/height; the last may be narrower
+        out: dict[tuple[int, int], tuple[int, int]] = {}
+        for r, rn in ((0, self.rows - 1), (self.rows - 1, 1)):
+            for c, cn in ((0, self.cols - 1), (self.cols - 1, 1)):
+                if rn <= 0 or cn <= 0:
+                    continue
+                w = grid_window(self.f.width, self.f.height, self.tw, self.th, r, c)
+                i, n = out.get((w.width, w.height), (r * self.cols + c, 0))
+                out[w.width, w.height] = (i, n + rn * cn)
+        return sorted(out.values())
 
     def _at(self, i: int) -> Tile:
         r, c = divmod(i, self.cols)
@@ -518,8 +546,10 @@ class VectorTiles(LaidTiles):
     def __len__(self) -> int:
         return self.n
 
-    def shapes(self) -> list[int]:
-        return sorted({0, self.n - 1})
+    def sizes(self) -> list[tuple[int, int]]:
+        if self.n == 1:
+            return [(0, 1)]
+        return [(0, self.n - 1), (self.n - 1, 1)]
 
     def _at(self, i: int) -> Tile:
         f = self.f
@@ -563,6 +593,10 @@ class ChainedTiles(LaidTiles):
         while len(self.parts[k]) == 0:  # empty parts share a start with the next one
             k += 1
         return self.parts[k][i - self.starts[k]]
+
+    def sizes(self) -> list[tuple[int, int]]:
+        return [(start + i, n) for start, part in zip(self.starts, self.parts, strict=True)
+                for i, n in part.sizes()]  # fmt: skip
 
     def index_of(self, tile_id: str) -> int | None:
         for start, part in zip(self.starts, self.parts, strict=True):
