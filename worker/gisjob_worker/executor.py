@@ -121,7 +121,8 @@ class LocalExecutor:
         return self.book.runs if self.book is not None else {}
 
     def check_allowance(self) -> None:
-        worst = max(self.plan.tiles, key=lambda t: t.memory_request_bytes, default=None)
+        sizes = self.plan.by_size()  # one tile of each size: no need to lay them all
+        worst = max((t for t, _ in sizes), key=lambda t: t.memory_request_bytes, default=None)
         if worst is not None and worst.memory_request_bytes > self.opts.allowance:
             raise InputError(
                 f"tile {worst.id} needs {format_bytes(worst.memory_request_bytes)} (its memory "
