@@ -335,7 +335,8 @@ class FaultProxy(_S3Endpoint):
 
     Each request is forwarded over a fresh upstream connection; the client's connection stays
     alive as HTTP/1.1 allows. ``inject`` makes the next matching requests fail instead.
-    ``requests_seen`` counts the requests received, ``faults_injected`` those failed.
+    ``requests_seen`` counts the requests received, ``faults_injected`` those failed,
+    ``bytes_to_clients`` the response body bytes relayed.
     """
 
     def __init__(self, server: SeaweedS3) -> None:
@@ -344,6 +345,7 @@ class FaultProxy(_S3Endpoint):
         self.secret_key = server.secret_key
         self.requests_seen = 0
         self.faults_injected = 0
+        self.bytes_to_clients = 0  # response bodies relayed
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -423,9 +425,19 @@ class FaultProxy(_S3Endpoint):
                 return False
             client.sendall(reply.raw)
             no_body = method == "HEAD" or reply.start[1] in ("204", "304")
-            delimited = no_body or _copy_body(ufile, client.sendall, reply, response=True)
+            delimited = no_body or _copy_body(ufile, self._to_client(client), reply, response=True)
         # a body never asked for leaves the request stream unknown
         return delimited and not expect and not head.has("connection", "close")
+
+    def _to_client(self, client: socket.socket) -> Write:
+        """``client.sendall`` counting the response body bytes in ``bytes_to_clients``."""
+
+        def send(data: bytes) -> None:
+            client.sendall(data)
+            with self._lock:
+                self.bytes_to_clients += len(data)
+
+        return send
 
     @contextlib.contextmanager
     def _tracked(self, sock: socket.socket) -> Iterator[None]:

@@ -152,6 +152,22 @@ def test_vector_job_s3_to_s3_equals_reference(
         assert r["peakRssBytes"] <= r["estimatedPeakBytes"], r
 
 
+def test_planning_reads_headers_only(
+    s3_server: SeaweedS3, s3_faults: FaultProxy, s3_bucket: str, tmp_path: Path
+) -> None:
+    """The planner reads metadata over the network, never the data: planning a ~100 MB
+    scene moves a few hundred KB."""
+    big = make_raster(tmp_path / "big.tif", 5120, 5120, count=4, block=512)
+    size = big.stat().st_size
+    assert size > 80 * 2**20
+    s3_server.put_file(big, f"{s3_bucket}/in/big.tif")
+    job = _raster_job(tmp_path, "hdr", f"s3://{s3_bucket}/in/big.tif", f"s3://{s3_bucket}/o")
+    run = run_cli("plan", str(job), "--json", env=s3_faults.env())
+    assert run.code == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["totals"]["tiles"] == 100
+    assert 0 < s3_faults.bytes_to_clients < 2 * 2**20, s3_faults.bytes_to_clients
+
+
 def test_glob_over_a_prefix_and_a_glob_matching_nothing(
     s3_server: SeaweedS3, s3_bucket: str, source: Path, tmp_path: Path
 ) -> None:
