@@ -29,7 +29,7 @@ from typing import Any
 from gisjob_worker.errors import EXIT_INPUT, GisJobError
 from gisjob_worker.spec import GisJob
 
-from .pods import SCRATCH, SCRATCH_VOLUME, TERMINATION_LOG
+from .pods import JOB_VOLUME, SCRATCH, SCRATCH_VOLUME, TERMINATION_LOG
 
 REASON = "Forbidden"  # the reason of the job's Failed condition
 
@@ -263,6 +263,8 @@ def _volume_violations(path: str, volume: Mapping[str, Any], policy: PodPolicy) 
     name = volume.get("name")
     if name == SCRATCH_VOLUME:
         yield f"{path}.name: {name!r} is reserved for gisjob's scratch volume"
+    elif name == JOB_VOLUME:
+        yield f"{path}.name: {name!r} is reserved for gisjob's job document volume"
     kinds = _volume_types(volume)
     if len(kinds) > 1:
         yield f"{path}: more than one volume type ({', '.join(kinds)})"

@@ -9,10 +9,18 @@ pure reconciler what to do, then create pods, write the status (coalesced: at mo
 every tile is resolved a finalizer pod writes the manifest and mosaic from the ledger in the
 output location; its result decides the terminal phase. ``ttlSecondsAfterFinished`` deletes
 finished jobs.
+
+Pods read the job document from a ConfigMap (:func:`pods.build_job_configmap`), created
+before the first pod that mounts it: one per job and document, so a changed document gets a
+new one, and the old ones are deleted once no pod of the job mounts them (all go with the
+GisJob through their owner reference). A document too large for a ConfigMap fails the job
+(``SpecTooLarge``) before any pod exists.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,7 +34,7 @@ from gisjob_worker.ranges import compress, decode
 from gisjob_worker.spec import GisJob, parse_job
 
 from .admission import AdmissionError, check_job
-from .kube import Kube, PodRejected
+from .kube import Kube, Rejected
 from .metrics import OperatorMetrics
 from .pods import (
     ANNOTATION_DIGEST,
@@ -34,10 +42,13 @@ from .pods import (
     LABEL_ROLE,
     ROLE_FINALIZER,
     ROLE_PLANNER,
+    JobDocumentTooLarge,
     PodLaunch,
     build_finalizer_pod,
+    build_job_configmap,
     build_planner_pod,
     build_worker_pod,
+    configmap_of,
     pod_name,
     spec_hash,
 )
@@ -71,6 +82,15 @@ class JobMemo:
     create_failures: int = 0
     create_retry_at: float = 0.0
     unschedulable_reported: set[str] = field(default_factory=set)  # pods with an Event
+    # the job document's ConfigMap: for which document (a hash of the body's), its name,
+    # its manifest until it is created, or why there cannot be one (too large)
+    document_key: str = ""
+    document_name: str = ""
+    document_body: dict[str, Any] | None = None
+    document_error: str = ""
+    # this job's document ConfigMaps known to exist: name -> when it was last the current one
+    configmaps: dict[str, float] = field(default_factory=dict)
+    configmaps_deleted: set[str] = field(default_factory=set)  # not to be learnt again
 
 
 @dataclass
@@ -156,14 +176,14 @@ class JobController:
     def tick(self) -> str:
         try:
             return self._tick()
-        except PodRejected as exc:
+        except Rejected as exc:
             return self._rejected(exc)
         finally:
             self.flush_events()
 
     def _create(self, body: dict[str, Any]) -> bool:
         """Create a pod (it exists afterwards, or already did) unless creations are backing
-        off after server errors (False); a refusal (:class:`PodRejected`) goes up to
+        off after server errors (False); a refusal (:class:`kube.PodRejected`) goes up to
         :meth:`tick`."""
         if self.now < self.memo.create_retry_at:
             return False
@@ -171,26 +191,27 @@ class JobController:
         self.memo.create_failures = 0
         return True
 
-    def _rejected(self, exc: PodRejected) -> str:
-        """The API server refused a pod. A pod that is itself wrong (4xx: invalid, too large,
-        forbidden by policy) fails the job at once with the API's message; server errors and
-        throttling are retried with backoff, then fail; a full ResourceQuota is waited for
-        (with backoff and an event each time). Returns ``error``: the tick did not do its
+    def _rejected(self, exc: Rejected) -> str:
+        """The API server refused a pod (or the job document's ConfigMap). An object that is
+        itself wrong (4xx: invalid, too large, forbidden by policy) fails the job at once
+        with the API's message (reason ``PodRejected``, ``ConfigMapRejected``); server errors
+        and throttling are retried with backoff, then fail; a full ResourceQuota is waited
+        for (with backoff and an event each time). Returns ``error``: the tick did not do its
         work (operator metrics and the reconcile-error alert count it)."""
         cfg = self.ctx.settings
-        what = f"the API server rejected pod {exc.name} ({exc.status}): {exc.message}"
+        what = f"the API server rejected {exc.kind} {exc.name} ({exc.status}): {exc.message}"
         if exc.permanent:
-            self._fail("PodRejected", what)
+            self._fail(f"{exc.reason}Rejected", what)
             return "error"
         self.memo.create_failures += 1
         if not exc.over_quota and self.memo.create_failures >= cfg.create_retries:
-            self._fail("PodCreateFailed", f"{what} ({self.memo.create_failures} tries)")
+            self._fail(f"{exc.reason}CreateFailed", f"{what} ({self.memo.create_failures} tries)")
             return "error"
         delay = policy.backoff(self.memo.create_failures, cfg.backoff_base, cfg.backoff_max)
         if exc.over_quota:  # room may come back any moment: keep looking every few ticks
             delay = min(delay, 10 * cfg.tick_seconds)
         self.memo.create_retry_at = self.now + delay
-        self.event("Warning", "PodCreateRetry", f"{what}; retrying in {delay:g} s")
+        self.event("Warning", f"{exc.reason}CreateRetry", f"{what}; retrying in {delay:g} s")
         return "error"
 
     def _fail(self, reason: str, message: str) -> str:
@@ -231,6 +252,10 @@ class JobController:
             check_job(job, self.ctx.settings.pod_policy)
         except AdmissionError as exc:
             return self._fail(exc.reason, str(exc))
+        if self._document_configmap(job) is None:
+            if self.memo.document_error:
+                return self._fail("SpecTooLarge", self.memo.document_error)
+            return str(self.status.get("phase") or "Pending")  # backing off: next tick
         plan = self._plan(job)
         if plan is None:
             return str(self.status.get("phase") or "Planning")
@@ -239,6 +264,64 @@ class JobController:
         if not self.status.get("plan"):
             return self._planned(job, plan)
         return self._run(job, plan)
+
+    # ----------------------------------------------------------------- the job document
+
+    def _document_configmap(self, job: GisJob) -> str | None:
+        """The name of the ConfigMap holding this job's document, created if this process does
+        not know it to exist; None when there is none to mount: the document is too large
+        (``memo.document_error`` says so) or creations are backing off after server errors.
+        A refusal (:class:`kube.ConfigMapRejected`) goes up to :meth:`tick`. Then the job's
+        ConfigMaps of earlier documents that no pod needs any more are deleted."""
+        memo = self.memo
+        key = hashlib.sha256(
+            json.dumps(_document(self.body), sort_keys=True, default=str).encode()
+        ).hexdigest()
+        if memo.document_key != key:  # a new document (or the first tick): built once
+            memo.document_key, memo.document_name, memo.document_error = key, "", ""
+            try:
+                memo.document_body = build_job_configmap(job, self.uid, self.namespace)
+            except JobDocumentTooLarge as exc:
+                memo.document_body, memo.document_error = None, str(exc)
+                return None
+            memo.document_name = memo.document_body["metadata"]["name"]
+        if memo.document_error:
+            return None
+        name = memo.document_name
+        if name not in memo.configmaps:
+            memo.configmaps_deleted.discard(name)  # wanted again (a terminal job edited)
+            if self.now < memo.create_retry_at:
+                return None
+            body = memo.document_body or build_job_configmap(job, self.uid, self.namespace)
+            self.ctx.kube.create_configmap(self.namespace, body)  # False: it exists, fine
+            memo.create_failures = 0
+        memo.document_body = None  # kept only until created
+        memo.configmaps[name] = self.now
+        self._delete_unused_documents(name)
+        return name
+
+    def _delete_unused_documents(self, current: str | None) -> None:
+        """Delete this job's document ConfigMaps that are not ``current`` and that no pod of
+        the job still needs (a pod needs its volumes until it has finished), once they have
+        not been current for a while (a pod created from one may not be in the watch yet).
+        Those this process did not create are learnt from the pods that mount them; what a
+        restarted process never saw goes with the GisJob (owner reference)."""
+        memo = self.memo
+        needed: set[str] = set()
+        for pod in self.pods:
+            name = configmap_of(pod)
+            if not name or name in memo.configmaps_deleted:
+                continue
+            memo.configmaps.setdefault(name, self.now)
+            if (pod.get("status") or {}).get("phase") not in FINISHED_PHASES:
+                needed.add(name)
+        grace = self.ctx.settings.created_grace_seconds
+        for name, current_at in list(memo.configmaps.items()):
+            if name == current or name in needed or self.now - current_at < grace:
+                continue
+            self.ctx.kube.delete_configmap(self.namespace, name)
+            del memo.configmaps[name]
+            memo.configmaps_deleted.add(name)
 
     # ------------------------------------------------------------- role pods (plan, finalize)
 
@@ -276,7 +359,14 @@ class JobController:
         step = self._role_step(
             pods,
             lambda n: build_planner_pod(
-                job, self.uid, self.namespace, key, n, cfg.planner_memory, cfg.max_tiles
+                job,
+                self.uid,
+                self.namespace,
+                key,
+                n,
+                cfg.planner_memory,
+                cfg.max_tiles,
+                configmap=self.memo.document_name,
             ),
             "planner",
         )
@@ -369,7 +459,7 @@ class JobController:
                 f"{len(plan.tiles)} tiles of {plan.kind} operation {plan.operation}; per-tile "
                 f"estimate up to {format_bytes(plan.max_estimate)}, memory request up to "
                 f"{format_bytes(plan.max_request)} (headroom {plan.sizing.headroom:.0%}), "
-                f"{format_bytes(sum(t.memory_request_bytes for t in plan.tiles))} in all",
+                f"{format_bytes(plan.sum_requests)} in all",
             )
         return "planned"
 
@@ -473,6 +563,7 @@ class JobController:
                 digest,
                 baseline=(plan.kind, plan.sizing.baseline_bytes),
                 plan=plan,
+                configmap=self.memo.document_name,
             )
             if not self._create(body):
                 break  # backing off after server errors: the next tick decides again
@@ -609,6 +700,7 @@ class JobController:
                 cfg.finalizer_memory,
                 completed,
                 failed_ranges,
+                configmap=self.memo.document_name,
             ),
             "finalizer",
         )
@@ -662,7 +754,9 @@ class JobController:
         return out
 
     def _after_finish(self) -> str:
-        """A finished job: clean up succeeded pods, honour ttlSecondsAfterFinished."""
+        """A finished job: clean up succeeded pods and the job document's ConfigMaps no
+        running pod needs, honour ttlSecondsAfterFinished."""
+        self._delete_unused_documents(None)
         for pod in self.pods:
             meta = pod.get("metadata") or {}
             if (pod.get("status") or {}).get("phase") == "Succeeded" and not meta.get(

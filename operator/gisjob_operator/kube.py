@@ -18,27 +18,44 @@ from .metrics import OperatorMetrics
 T = TypeVar("T")
 
 
-class PodRejected(Exception):
-    """The API server refused to create a pod (status code and its message)."""
+class Rejected(Exception):
+    """The API server refused to create an object (status code and its message)."""
+
+    kind = "object"  # how messages name it: "pod", "ConfigMap"
+    reason = "Object"  # the prefix of the job's condition and event reasons: "Pod…"
 
     def __init__(self, name: str, status: int, message: str) -> None:
-        super().__init__(f"pod {name}: {status} {message}")
+        super().__init__(f"{self.kind} {name}: {status} {message}")
         self.name = name
         self.status = status
         self.message = message
 
     @property
     def over_quota(self) -> bool:
-        """Forbidden by a ResourceQuota: the namespace is full for now, the pod is fine."""
+        """Forbidden by a ResourceQuota: the namespace is full for now, the object is fine."""
         return self.status == 403 and "exceeded quota" in self.message
 
     @property
     def permanent(self) -> bool:
-        """The pod itself is wrong (invalid, too large, forbidden by policy — not by a quota,
-        not a conflict or throttling): retrying the same pod cannot succeed."""
+        """The object itself is wrong (invalid, too large, forbidden by policy — not by a quota,
+        not a conflict or throttling): retrying the same object cannot succeed."""
         if self.over_quota:
             return False
         return 400 <= self.status < 500 and self.status not in (408, 409, 429)
+
+
+class PodRejected(Rejected):
+    """The API server refused to create a pod."""
+
+    kind = "pod"
+    reason = "Pod"
+
+
+class ConfigMapRejected(Rejected):
+    """The API server refused to create the job document's ConfigMap."""
+
+    kind = "ConfigMap"
+    reason = "ConfigMap"
 
 
 def api_message(exc: ApiException) -> str:
@@ -87,6 +104,31 @@ class Kube:
                 body["metadata"]["name"], int(exc.status or 0), api_message(exc)
             ) from None
         return result is not None
+
+    def create_configmap(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a ConfigMap; False if it already exists (its name says what it holds).
+        Raises :class:`ConfigMapRejected` with the API's own message when the API server
+        refuses it."""
+        try:
+            result = self._call(
+                "create",
+                "configmaps",
+                lambda: self.core.create_namespaced_config_map(namespace, cast(Any, body)),
+                ok=(409,),
+            )
+        except ApiException as exc:
+            raise ConfigMapRejected(
+                body["metadata"]["name"], int(exc.status or 0), api_message(exc)
+            ) from None
+        return result is not None
+
+    def delete_configmap(self, namespace: str, name: str) -> None:
+        self._call(
+            "delete",
+            "configmaps",
+            lambda: self.core.delete_namespaced_config_map(name, namespace),
+            ok=(404,),
+        )
 
     def delete_pod(self, namespace: str, name: str) -> None:
         self._call(

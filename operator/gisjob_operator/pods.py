@@ -2,9 +2,17 @@
 
 ``requests.memory == limits.memory`` = the tile's memory request (headroom included), CPU
 from the spec, ``restartPolicy: Never``, the restricted Pod Security settings, an owner
-reference to the GisJob, the job document in an environment variable, and the user's
+reference to the GisJob, the job document mounted from a ConfigMap, and the user's
 ``spec.worker`` settings. Names are deterministic so a restarted operator creates no
 duplicates.
+
+The job document (the GisJob as the pods parse it) reaches every pod as a file: one
+immutable ConfigMap per job and document (:func:`build_job_configmap`, named
+``<job>-spec-<hash>``, owned by the GisJob so it goes with it), mounted read-only at
+``/etc/gisjob`` with ``GISJOB_JOB_FILE`` naming ``/etc/gisjob/job.yaml``. An environment
+variable could not carry it: ``exec`` fails with ``E2BIG`` past 128 KiB (a ``uris:`` list
+of ~2,000 files). A document over :data:`MAX_JOB_DOCUMENT_BYTES` cannot be mounted and
+raises :class:`JobDocumentTooLarge`.
 
 Object storage: with ``spec.storage.secretName`` every pod takes its environment from that
 Secret (``envFrom``; the variables the operator sets explicitly win, as Kubernetes defines) —
@@ -27,7 +35,7 @@ from typing import Any
 import yaml
 
 from gisjob_worker.plan import Plan, RasterFile
-from gisjob_worker.quantity import round_up_mib
+from gisjob_worker.quantity import format_bytes, round_up_mib
 from gisjob_worker.spec import API_VERSION, KIND, GisJob
 from gisjob_worker.storage import is_local
 
@@ -43,6 +51,15 @@ METRICS_PORT = 9090
 SCRATCH = "/tmp"
 SCRATCH_VOLUME = "scratch"
 TERMINATION_LOG = "/dev/termination-log"
+JOB_DOCUMENT_DIR = "/etc/gisjob"  # gisjob_worker.attempt.MOUNTED_JOB's directory
+JOB_DOCUMENT_KEY = "job.yaml"
+JOB_DOCUMENT_FILE = f"{JOB_DOCUMENT_DIR}/{JOB_DOCUMENT_KEY}"
+JOB_DOCUMENT_ENV = "GISJOB_JOB_FILE"
+JOB_VOLUME = "gisjob-job"  # the ConfigMap volume holding the job document
+# The most job document a ConfigMap carries: the API server refuses ConfigMaps whose data
+# passes 1 MiB; the rest of that is left to metadata and the YAML's growth on a round trip.
+MAX_JOB_DOCUMENT_BYTES = 900 * 1024
+ANNOTATION_DOCUMENT = "gisjob.dev/document-sha256"
 RUN_AS_USER = 65532
 MAX_NAME = 253
 MIB = 1024**2
@@ -113,6 +130,70 @@ def owner_reference(job: GisJob, uid: str) -> dict[str, Any]:
     }
 
 
+class JobDocumentTooLarge(ValueError):
+    """The job document is larger than a ConfigMap can carry to the pods."""
+
+    def __init__(self, size: int, limit: int = MAX_JOB_DOCUMENT_BYTES) -> None:
+        super().__init__(
+            f"the job document is {format_bytes(size)} ({size:,} bytes), above the "
+            f"{format_bytes(limit)} ({limit:,} bytes) its pods can be given (a ConfigMap); "
+            "name the files with spec.input.glob instead of listing them in spec.input.uris, "
+            "or split the job"
+        )
+        self.size = size
+        self.limit = limit
+
+
+def job_document(job: GisJob) -> str:
+    """The job as its pods read it (``gisjob_worker.attempt.load_job``): YAML of the whole
+    document, status left out."""
+    return yaml.safe_dump(job.to_document(), sort_keys=False)
+
+
+def job_configmap_name(job: str, uid: str, document: str) -> str:
+    """``<job>-spec-<hash>``: one name per job (its uid) and document, so an immutable
+    ConfigMap of that name always holds that document, and a job deleted and created again
+    under its name does not meet its predecessor's ConfigMap."""
+    digest = hashlib.sha256(f"{uid}\n{document}".encode()).hexdigest()[:10]
+    suffix = f"-spec-{digest}"
+    return f"{job[: MAX_NAME - len(suffix)]}{suffix}"
+
+
+def build_job_configmap(
+    job: GisJob, uid: str, namespace: str, document: str | None = None
+) -> dict[str, Any]:
+    """The ConfigMap that carries the job document (``document``, default
+    :func:`job_document`) to the job's pods: immutable, owned by the GisJob (it goes when the
+    job goes), labelled like the pods. Raises :class:`JobDocumentTooLarge` past
+    :data:`MAX_JOB_DOCUMENT_BYTES`."""
+    text = job_document(job) if document is None else document
+    size = len(text.encode())
+    if size > MAX_JOB_DOCUMENT_BYTES:
+        raise JobDocumentTooLarge(size)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": job_configmap_name(job.name, uid, text),
+            "namespace": namespace,
+            "labels": {**job_labels(job.name), LABEL_ROLE: ROLE_DOCUMENT},
+            "annotations": {ANNOTATION_DOCUMENT: hashlib.sha256(text.encode()).hexdigest()},
+            "ownerReferences": [owner_reference(job, uid)],
+        },
+        "immutable": True,
+        "data": {JOB_DOCUMENT_KEY: text},
+    }
+
+
+def configmap_of(pod: dict[str, Any]) -> str | None:
+    """The job-document ConfigMap a pod of this operator mounts (None: another pod)."""
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        if volume.get("name") == JOB_VOLUME and isinstance(volume.get("configMap"), dict):
+            name = volume["configMap"].get("name")
+            return str(name) if name else None
+    return None
+
+
 def _cpu(job: GisJob) -> str:
     return job.spec.resources.cpu
 
@@ -151,6 +232,7 @@ LABEL_ROLE = "gisjob.dev/role"
 ROLE_WORKER = "worker"
 ROLE_PLANNER = "planner"
 ROLE_FINALIZER = "finalizer"
+ROLE_DOCUMENT = "document"  # the job-document ConfigMap
 
 
 def _job_pod(
@@ -167,15 +249,19 @@ def _job_pod(
     annotations: dict[str, str],
     ports: list[dict[str, Any]] | None = None,
     scratch: int | None = None,
+    configmap: str | None = None,
 ) -> dict[str, Any]:
     """A pod of the worker image for this job: planner, worker or finalizer. The data it
     needs comes from the user's ``spec.worker`` (volumes, env, service account) and the
     storage Secret (``spec.storage.secretName``, as ``envFrom``); the operator itself
     mounts and reads none of it. ``scratch``: the ``ephemeral-storage`` request and limit
     (bytes). For an object-store output ``GISJOB_SCRATCH`` puts the files built before an
-    upload into the scratch volume, which that request is for."""
+    upload into the scratch volume, which that request is for. ``configmap``: the name of
+    the job's document ConfigMap (:func:`build_job_configmap`; default: the one of this job
+    and uid), mounted at :data:`JOB_DOCUMENT_DIR`."""
     worker = job.spec.worker
-    document = yaml.safe_dump(job.to_document(), sort_keys=False)
+    if configmap is None:
+        configmap = job_configmap_name(job.name, uid, job_document(job))
     requests: dict[str, str] = {"memory": str(memory), "cpu": _cpu(job)}
     limits: dict[str, str] = {"memory": str(memory)}
     if scratch is not None:
@@ -187,7 +273,7 @@ def _job_pod(
         "image": worker.image,
         "command": command,
         "env": [
-            {"name": "GISJOB_JOB", "value": document},
+            {"name": JOB_DOCUMENT_ENV, "value": JOB_DOCUMENT_FILE},
             # whose output location this is (gisjob_worker.ownership): claimed by the planner
             {"name": "GISJOB_OWNER", "value": f"{namespace}/{job.name}/{uid}"},
             {"name": "GISJOB_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -206,7 +292,11 @@ def _job_pod(
         },
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": SCRATCH}, *worker.volume_mounts],
+        "volumeMounts": [
+            {"name": SCRATCH_VOLUME, "mountPath": SCRATCH},
+            {"name": JOB_VOLUME, "mountPath": JOB_DOCUMENT_DIR, "readOnly": True},
+            *worker.volume_mounts,
+        ],
     }
     secret = job.spec.storage.secret_name
     if secret:
@@ -229,7 +319,11 @@ def _job_pod(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": SCRATCH_VOLUME, "emptyDir": {}}, *worker.volumes],
+        "volumes": [
+            {"name": SCRATCH_VOLUME, "emptyDir": {}},
+            {"name": JOB_VOLUME, "configMap": {"name": configmap, "defaultMode": 0o444}},
+            *worker.volumes,
+        ],
     }
     if worker.service_account_name:
         spec["serviceAccountName"] = worker.service_account_name
@@ -259,12 +353,14 @@ def build_worker_pod(
     digest: str,
     baseline: tuple[str, int] | None = None,
     plan: Plan | None = None,
+    configmap: str | None = None,
 ) -> dict[str, Any]:
     """The pod for one tile attempt. ``baseline`` (kind, bytes): the import baseline the
     plan used, passed on so the worker sizes its chunks exactly as planned (and does not
     re-measure it in every pod). ``plan``: the job's plan, which sizes the tile's local
     scratch (``ephemeral-storage``, :func:`tile_scratch_bytes`) when the output is an object
-    store; without it the pod asks for none."""
+    store; without it the pod asks for none. ``configmap``: the job document's ConfigMap
+    (default: this job's, from its document)."""
     memory = str(launch.memory)
     annotations = {
         ANNOTATION_DIGEST: digest,
@@ -309,6 +405,7 @@ def build_worker_pod(
             if plan is not None and output_is_remote(job)
             else None
         ),
+        configmap=configmap,
     )
 
 
@@ -348,6 +445,7 @@ def build_planner_pod(
     attempt: int,
     memory: int,
     max_tiles: int | None = None,
+    configmap: str | None = None,
 ) -> dict[str, Any]:
     """The planner pod: metadata reads of the input, a plan descriptor in its termination
     message (small plans) or its log (large ones)."""
@@ -363,6 +461,7 @@ def build_planner_pod(
         labels={LABEL_ATTEMPT: str(attempt)},
         annotations={ANNOTATION_SPEC: spec_key},
         scratch=ROLE_SCRATCH_BYTES if output_is_remote(job) else None,
+        configmap=configmap,
     )
 
 
@@ -375,6 +474,7 @@ def build_finalizer_pod(
     memory: int,
     completed: str,
     failed: str,
+    configmap: str | None = None,
 ) -> dict[str, Any]:
     """The finalizer pod: manifest, mosaic VRT or GeoParquet dataset from the ledger in the
     output location, cross-checked against what the operator saw complete and fail
@@ -391,4 +491,5 @@ def build_finalizer_pod(
         labels={LABEL_ATTEMPT: str(attempt)},
         annotations={ANNOTATION_DIGEST: digest},
         scratch=ROLE_SCRATCH_BYTES if output_is_remote(job) else None,
+        configmap=configmap,
     )

@@ -9,9 +9,13 @@ No container runtime: each pod bound to the node runs its first container's
   request fits the node's remaining allocatable; others get
   ``PodScheduled=False/Unschedulable`` and a ``FailedScheduling`` event;
 * volumes → local directories: hostPath as is, emptyDir per pod, PVC per claim,
-  configMap/secret/downwardAPI/projected materialized as files. Mount paths (and
-  the termination-message path) that appear in command, args, env values and
-  workingDir are rewritten to the local directories ("path translation");
+  configMap/secret/downwardAPI/projected materialized as files (read from the API server
+  with the kubelet's own credentials; a missing ConfigMap or Secret leaves the pod Pending
+  with its container Waiting ``ContainerCreating`` and a ``FailedMount`` event, retried
+  until it appears). Mount paths (and the termination-message path) that appear in
+  command, args, env values and workingDir are rewritten to the local directories ("path
+  translation": ``GISJOB_JOB_FILE=/etc/gisjob/job.yaml`` names the file in the pod's
+  ``/etc/gisjob`` volume directory);
 * ``envFrom`` and ``env[].valueFrom`` ConfigMaps and Secrets are read from the API
   server with the kubelet's own credentials (Secret ``data`` base64-decoded; ``env``
   wins over ``envFrom``); a missing one, or a missing key, leaves the pod Pending with
@@ -1221,7 +1225,12 @@ class Kubelet:
         data: dict[str, str] = dict(obj.get("data") or {})
         return data
 
-    def _config_files(self, pod: Obj, kind: str, name: str, optional: bool) -> dict[str, bytes]:
+    def _config_files(
+        self, pod: Obj, kind: str, name: str, optional: bool, volume: str = ""
+    ) -> dict[str, bytes]:
+        """The files of a ``configMap``/``secret`` volume (source): its keys, from the API
+        server. A missing one that is not ``optional`` raises ``ContainerCreating`` with the
+        kubelet's ``FailedMount`` text (the container waits; retried)."""
         ns = pod["metadata"]["namespace"]
         if kind == "configMap" and name == "kube-root-ca.crt":
             return {"ca.crt": self.ca_pem}  # known locally: no API call
@@ -1243,8 +1252,11 @@ class Kubelet:
             if e.status == 404:
                 if optional:
                     return {}
+                what = "secret" if kind == "secret" else "configmap"
                 raise StartError(
-                    "ContainerCreating", f'{kind} "{name}" not found', retry=True
+                    "ContainerCreating",
+                    f'MountVolume.SetUp failed for volume "{volume}" : {what} "{name}" not found',
+                    retry=True,
                 ) from e
             raise
         files = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
@@ -1296,7 +1308,9 @@ class Kubelet:
                     continue
                 ref = src[kind]
                 name = ref.get("name") or ref.get("secretName", "")
-                files = self._config_files(pod, kind, name, ref.get("optional", False))
+                files = self._config_files(
+                    pod, kind, name, ref.get("optional", False), volume=v.get("name", "")
+                )
                 items = ref.get("items")
                 mapping = {i["key"]: i["path"] for i in items} if items else {k: k for k in files}
                 for key, rel in mapping.items():
@@ -1383,6 +1397,8 @@ class Kubelet:
             self.waiting_msgs[uid] = message
             if reason == "CreateContainerConfigError":
                 self._event(pod, "Warning", "Failed", f"Error: {message}", "kubelet")
+            elif message.startswith("MountVolume."):  # a volume's source is missing
+                self._event(pod, "Warning", "FailedMount", message, "kubelet")
 
     def _report(self, pod: Obj, rt: Runtime) -> None:
         c = rt.container

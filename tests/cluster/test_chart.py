@@ -9,7 +9,8 @@
 * The chart's ServiceAccount, ClusterRole and ClusterRoleBinding are applied for real; a
   ``gisjob-operator run`` process whose only credentials are that ServiceAccount's token
   runs a small GisJob (a 512 x 512 raster, one tile) to Succeeded — what the chart grants is
-  what the operator needs, pods/log included and Secrets excluded.
+  what the operator needs, pods/log and the job document's ConfigMap included and Secrets
+  excluded.
 
 Data lives under /var/tmp (not /tmp: the test kubelet maps /tmp to the pods' scratch
 volume), mounted into the job's planner, worker and finalizer pods with hostPath at the same
@@ -362,7 +363,7 @@ def write_raster(path: Path, size: int = 512, block: int = 256) -> None:
 
 def assert_grants(identity: Path, namespace: str, me: str) -> None:
     """The ServiceAccount's token is accepted and RBAC grants what the chart says (and not
-    Secrets, ConfigMaps or writes the operator never makes)."""
+    Secrets, reading ConfigMaps or writes the operator never makes)."""
     auth: Api = k8s.AuthorizationV1Api(new_client(identity))
     allowed = [
         ("list", "gisjob.dev", "gisjobs", "", None),
@@ -372,6 +373,8 @@ def assert_grants(identity: Path, namespace: str, me: str) -> None:
         ("create", "", "pods", "", namespace),
         ("get", "", "pods", "log", namespace),
         ("create", "", "events", "", namespace),
+        ("create", "", "configmaps", "", namespace),  # the job document
+        ("delete", "", "configmaps", "", namespace),
         ("watch", "apiextensions.k8s.io", "customresourcedefinitions", "", None),
         ("watch", "", "namespaces", "", None),
         ("get", "", "namespaces", "", None),
@@ -380,6 +383,8 @@ def assert_grants(identity: Path, namespace: str, me: str) -> None:
         ("get", "", "secrets", "", namespace),
         ("list", "", "secrets", "", None),
         ("get", "", "configmaps", "", namespace),
+        ("list", "", "configmaps", "", None),
+        ("update", "", "configmaps", "", namespace),
         ("update", "", "pods", "", namespace),
         ("create", "gisjob.dev", "gisjobs", "", namespace),
         ("update", "gisjob.dev", "gisjobs", "status", namespace),

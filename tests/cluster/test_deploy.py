@@ -2,7 +2,8 @@
 
 Offline: ``kubectl kustomize deploy/`` builds — the operator is image gisjob-operator, a
 control plane with nothing mounted but its /tmp scratch (no data volume), whose RBAC has
-pods/log get and nothing on Secrets — and every built-in kind in it and in deploy/examples/
+pods/log get, ConfigMaps (the job document) create and delete only, and nothing on Secrets —
+and every built-in kind in it and in deploy/examples/
 passes ``kubernetes-validate --strict`` (unknown fields are errors); the example GisJobs
 bring their data volume and worker image in ``spec.worker``.
 Dev cluster: ``kubectl apply -k deploy/ --dry-run=server`` then a real apply succeed (the
@@ -106,9 +107,11 @@ def test_kustomization_lists_the_operator() -> None:
     rules = next(d for d in docs if d["kind"] == "ClusterRole")["rules"]
     assert verbs(rules, "", "pods/log") == {"get"}
     assert verbs(rules, "", "pods") == {"get", "list", "watch", "create", "delete"}
+    # the job document's ConfigMap: created and deleted, never read
+    assert verbs(rules, "", "configmaps") == {"create", "delete"}
     for rule in rules:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
-        assert not {"secrets", "configmaps"} & set(rule["resources"]), rule
+        assert "secrets" not in rule["resources"], rule
     svc = next(d for d in docs if d["kind"] == "Service")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"

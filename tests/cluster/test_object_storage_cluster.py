@@ -320,6 +320,7 @@ def test_s3_to_s3_through_the_operator_with_credentials_from_a_secret(
     np.testing.assert_array_equal(mosaic, expected)
 
     # the pods: the storage Secret by name in every one, no volume but the scratch emptyDir
+    # and the job document (a ConfigMap of the operator's)
     pods = recorder.of(name)
     roles = sorted(p["metadata"]["labels"]["gisjob.dev/role"] for p in pods.values())
     assert roles == ["finalizer", "planner"] + ["worker"] * len(tiles), sorted(pods)
@@ -330,8 +331,12 @@ def test_s3_to_s3_through_the_operator_with_credentials_from_a_secret(
         assert container["envFrom"] == [{"secretRef": {"name": SECRET}}], pod_name
         # Kubernetes adds a service-account token volume unless automount is off: it is off
         assert spec["automountServiceAccountToken"] is False, pod_name
-        assert spec["volumes"] == [{"name": "scratch", "emptyDir": {}}], (pod_name, spec)
-        assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"], pod_name
+        scratch, document = spec["volumes"]
+        assert scratch == {"name": "scratch", "emptyDir": {}}, (pod_name, spec)
+        assert document["name"] == "gisjob-job", (pod_name, spec)
+        assert document["configMap"]["name"].startswith(f"{name}-spec-"), (pod_name, spec)
+        mounts = [m["mountPath"] for m in container["volumeMounts"]]
+        assert mounts == ["/tmp", "/etc/gisjob"], pod_name
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert not [k for k in env if k.startswith("AWS_")], (pod_name, env)
         assert env["GISJOB_SCRATCH"] == "/tmp", pod_name

@@ -23,11 +23,15 @@ T0 = "2026-12-04T10:00:00Z"
 
 
 class FakeKube(Kube):
-    """The API as the controller uses it: pods, the job's status, events and pod logs."""
+    """The API as the controller uses it: pods, the job document's ConfigMaps, the job's
+    status, events and pod logs."""
 
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
         self.pods: dict[str, dict[str, Any]] = {}
+        self.configmaps: dict[str, dict[str, Any]] = {}
+        self.configmap_creates: list[str] = []  # every create call, 409s included
+        self.configmaps_deleted: list[str] = []
         self.logs: dict[str, str] = {}
         self.events: list[tuple[str, str, str]] = []
         self.log_reads: list[str] = []
@@ -43,6 +47,18 @@ class FakeKube(Kube):
         pod["status"] = {"phase": "Pending"}
         self.pods[name] = pod
         return True
+
+    def create_configmap(self, namespace: str, body: dict[str, Any]) -> bool:
+        name = body["metadata"]["name"]
+        self.configmap_creates.append(name)
+        if name in self.configmaps:
+            return False
+        self.configmaps[name] = copy.deepcopy(body)
+        return True
+
+    def delete_configmap(self, namespace: str, name: str) -> None:
+        self.configmaps_deleted.append(name)
+        self.configmaps.pop(name, None)
 
     def delete_pod(self, namespace: str, name: str) -> None:
         self.deleted.append(name)

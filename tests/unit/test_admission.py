@@ -489,7 +489,7 @@ def test_every_env_var_the_operator_sets_is_protected() -> None:
     for pod in pods_of(make_job()):
         (container,) = pod["spec"]["containers"]
         names = [v["name"] for v in container["env"]]
-        assert "GISJOB_JOB" in names and "HOME" in names
+        assert "GISJOB_JOB_FILE" in names and "HOME" in names
         for name in names:
             refused(
                 make_job(env=[{"name": name, "value": "x"}]), DEFAULT, "spec.worker.env[0].name"
@@ -517,8 +517,9 @@ def test_admitted_user_settings_reach_the_pod_unchanged() -> None:
     check_job(job, DEFAULT)
     for pod in pods_of(job):
         spec = pod["spec"]
-        assert spec["volumes"][1:] == [DATA_VOLUME]
-        assert spec["containers"][0]["volumeMounts"][1:] == [DATA_MOUNT]
+        # after gisjob's own: the scratch volume and the job document
+        assert spec["volumes"][2:] == [DATA_VOLUME]
+        assert spec["containers"][0]["volumeMounts"][2:] == [DATA_MOUNT]
         assert spec["automountServiceAccountToken"] is False
         assert "serviceAccountName" not in spec
 

@@ -2,7 +2,8 @@
 
 ``helm lint --strict`` and ``helm template`` with the defaults and with every flag on; the
 values schema rejects bad values; names stay within 63 characters; the ClusterRole grants
-exactly deploy/rbac.yaml (pods/log get, nothing on Secrets); the operator pod, a pure
+exactly deploy/rbac.yaml (pods/log get, ConfigMaps create and delete, nothing on Secrets);
+the operator pod, a pure
 control plane of image gisjob-operator, mounts nothing but its /tmp scratch (no data volume,
 no way to configure one); the monitoring objects and the dashboard ConfigMap are what
 Prometheus and the Grafana sidecar select; the pod policy (what a GisJob may set in
@@ -196,8 +197,8 @@ def rendered_policy(c: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> PodPo
 
 def assert_operator_rules(rules: list[dict[str, Any]]) -> None:
     """What the control plane needs — pods (create, delete, read) and their logs (a plan
-    descriptor larger than a termination message) — and nothing on Secrets, ConfigMaps or
-    wildcards."""
+    descriptor larger than a termination message), ConfigMaps created and deleted (the job
+    document, never read) — and nothing on Secrets or wildcards."""
 
     def verbs(group: str, resource: str) -> set[str]:
         return {
@@ -210,10 +211,11 @@ def assert_operator_rules(rules: list[dict[str, Any]]) -> None:
     assert verbs("", "pods/log") == {"get"}
     assert verbs("", "pods") == {"get", "list", "watch", "create", "delete"}
     assert verbs("", "events") == {"create"}
+    assert verbs("", "configmaps") == {"create", "delete"}  # the job document; never read
     assert verbs("gisjob.dev", "gisjobs/status") == {"get", "patch"}
     for r in rules:
         assert "*" not in r["apiGroups"] + r["resources"] + r["verbs"], r
-        assert not {"secrets", "configmaps", "pods/exec"} & set(r["resources"]), r
+        assert not {"secrets", "pods/exec"} & set(r["resources"]), r
 
 
 # --------------------------------------------------------------------------- lint, render

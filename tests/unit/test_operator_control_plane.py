@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from opsim import Stage
+from opsim import UID, Stage
 
 from conftest import write_raster
 from gisjob_worker import plandesc
@@ -588,3 +588,164 @@ def test_a_tiny_input_declaring_a_huge_raster_is_refused_before_any_tile(
     stage.tick()
     assert stage.status["phase"] == "Failed"
     assert "12 tiles, above the operator's limit of 5" in stage.status["message"]
+
+
+# ------------------------------------------- issue 17 #5: the job document as a ConfigMap
+
+
+def _mounted(pod: dict[str, Any]) -> str:
+    from gisjob_operator.pods import configmap_of
+
+    name = configmap_of(pod)
+    assert name is not None
+    return name
+
+
+def test_the_job_document_configmap_is_created_once_before_the_first_pod(
+    tmp_path: Path,
+) -> None:
+    """The document reaches every pod through one ConfigMap, created before the planner pod
+    that mounts it and not again for the workers and the finalizer; a restarted operator
+    meets it as AlreadyExists (409), which is fine."""
+    from gisjob_operator.pods import JOB_DOCUMENT_KEY
+
+    spec = _spec(tmp_path)
+    stage = Stage(spec)
+    real = stage.kube.create_pod
+
+    def create_pod(namespace: str, body: dict[str, Any]) -> bool:
+        assert _mounted(body) in stage.kube.configmaps, "a pod before its ConfigMap"
+        return real(namespace, body)
+
+    stage.kube.create_pod = create_pod  # type: ignore[method-assign]
+    assert stage.tick() == "Planning"
+    (name,) = stage.kube.configmaps
+    cm = stage.kube.configmaps[name]
+    assert cm["immutable"] is True and cm["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert parse_job(yaml.safe_load(cm["data"][JOB_DOCUMENT_KEY])).spec.input.uri == str(
+        tmp_path / "in.tif"
+    )
+    (planner,) = stage.pods("planner")
+    assert _mounted(planner) == name
+    record, _log, code = run_planner(spec, tmp_path)
+    assert code == 0
+    stage.finish(planner["metadata"]["name"], exit_code=0, message=json.dumps(record))
+    for _ in range(4):
+        stage.tick()
+    workers = stage.pods("worker")
+    assert workers and {_mounted(w) for w in workers} == {name}
+    assert stage.kube.configmap_creates == [name]  # once, however many pods
+    # a restarted operator (nothing remembered): 409 AlreadyExists, and on it goes
+    stage.ctx.jobs.clear()
+    stage.succeed_workers()
+    stage.tick()
+    stage.tick()
+    assert stage.kube.configmap_creates == [name, name]
+    assert stage.status["phase"] == "Running"
+    assert {_mounted(w) for w in stage.pods("worker")} == {name}
+    assert stage.kube.configmaps_deleted == []
+
+
+def test_a_changed_document_gets_a_new_configmap_and_the_old_one_goes_when_unused(
+    tmp_path: Path,
+) -> None:
+    """Any change of the document (here parallelism: no new plan) is a new ConfigMap for the
+    pods created from then on; the old one is deleted (once) when no pod of the job needs it
+    any more — finished pods do not — and a finished job's go too."""
+    stage, _ = planned_stage(tmp_path, created_grace_seconds=0.0)
+    stage.tick()
+    stage.tick()
+    (old,) = stage.kube.configmaps
+    assert {_mounted(w) for w in stage.pods("worker")} == {old}
+    stage.kube.body["spec"]["parallelism"] = 2
+    stage.kube.body["metadata"]["generation"] = 2
+    stage.tick()
+    assert len(stage.kube.configmaps) == 2 and old in stage.kube.configmaps  # still mounted
+    (new,) = set(stage.kube.configmaps) - {old}
+    mounted: dict[str, str] = {}
+    for _ in range(12):
+        stage.succeed_workers()
+        stage.tick()
+        mounted.update({w["metadata"]["name"]: _mounted(w) for w in stage.pods("worker")})
+        if stage.pods("finalizer"):
+            break
+    assert new in mounted.values()
+    assert stage.kube.configmaps_deleted == [old] and list(stage.kube.configmaps) == [new]
+    (fin,) = stage.pods("finalizer")
+    assert _mounted(fin) == new
+    stage.finish(fin["metadata"]["name"], exit_code=0, message=json.dumps({"exitCode": 0}))
+    stage.tick()
+    assert stage.status["phase"] == "Succeeded"
+    stage.tick()
+    stage.tick()
+    assert stage.kube.configmaps == {} and stage.kube.configmaps_deleted == [old, new]
+
+
+def test_a_configmap_the_api_server_rejects_fails_the_job_once(tmp_path: Path) -> None:
+    """A 4xx on the ConfigMap's create fails the job with the API's message, no pod, no
+    retry loop; server errors back off and fail after a bounded number of tries."""
+    from gisjob_operator.kube import ConfigMapRejected
+
+    stage = Stage(_spec(tmp_path))
+    calls: list[str] = []
+    message = 'ConfigMap "cp-job-spec-0123456789" is invalid: data: Too long: must have at most'
+
+    def refuse(namespace: str, body: dict[str, Any]) -> bool:
+        calls.append(body["metadata"]["name"])
+        raise ConfigMapRejected(body["metadata"]["name"], 422, message)
+
+    stage.kube.create_configmap = refuse  # type: ignore[method-assign]
+    assert stage.tick() == "error"
+    assert stage.status["phase"] == "Failed"
+    assert f"rejected ConfigMap {calls[0]} (422)" in stage.status["message"]
+    assert "Too long" in stage.status["message"]
+    assert any(c.get("reason") == "ConfigMapRejected" for c in stage.status["conditions"])
+    assert any(e[1] == "ConfigMapRejected" for e in stage.kube.events)
+    writes = stage.kube.status_writes
+    for _ in range(3):
+        stage.tick()
+    assert stage.kube.status_writes == writes and len(calls) == 1
+    assert stage.kube.pods == {}
+
+    busy = Stage(_spec(tmp_path), create_retries=3, backoff_base=1000.0, backoff_max=1e4)
+    tries: list[str] = []
+
+    def unavailable(namespace: str, body: dict[str, Any]) -> bool:
+        tries.append(body["metadata"]["name"])
+        raise ConfigMapRejected(body["metadata"]["name"], 503, "etcdserver: leader changed")
+
+    busy.kube.create_configmap = unavailable  # type: ignore[method-assign]
+    assert busy.tick() == "error"
+    assert any(e[1] == "ConfigMapCreateRetry" for e in busy.kube.events)
+    assert busy.status.get("phase") != "Failed"
+    busy.tick()  # backing off: no call, no pod
+    assert len(tries) == 1 and busy.kube.pods == {}
+    memo = next(iter(busy.ctx.jobs.values()))
+    for _ in range(2):
+        memo.create_retry_at = 0.0
+        busy.tick()
+    assert len(tries) == 3 and busy.status["phase"] == "Failed"
+    assert "(503)" in busy.status["message"] and "3 tries" in busy.status["message"]
+    assert any(c.get("reason") == "ConfigMapCreateFailed" for c in busy.status["conditions"])
+    assert busy.kube.pods == {}
+
+
+def test_a_document_too_large_for_a_configmap_fails_the_job_before_any_pod(
+    tmp_path: Path,
+) -> None:
+    """Past the ConfigMap limit: Failed, reason SpecTooLarge, one line with the size and the
+    limit, no ConfigMap, no pod, no retry loop."""
+    uris = [f"{tmp_path}/scenes/{i:06d}/S2A_MSIL2A_20240101T101010_B08.tif" for i in range(15_000)]
+    stage = Stage(_spec(tmp_path, input={"uris": uris}))
+    assert stage.tick() == "failed"
+    status = stage.status
+    assert status["phase"] == "Failed"
+    assert any(c.get("reason") == "SpecTooLarge" for c in status["conditions"])
+    assert "\n" not in status["message"] and "(921,600 bytes)" in status["message"]
+    assert "the job document is " in status["message"]
+    assert any(e[1] == "SpecTooLarge" for e in stage.kube.events)
+    assert stage.kube.pods == {} and stage.kube.configmap_creates == []
+    writes = stage.kube.status_writes
+    for _ in range(3):
+        stage.tick()
+    assert stage.kube.status_writes == writes

@@ -3,7 +3,9 @@
 A pod per tile attempt: memory request = limit = the launch's memory, the restricted Pod
 Security settings, a writable scratch volume, the user's ``spec.worker`` settings passed
 through, labels and an owner reference the reconciler and the garbage collector rely on,
-and the job document in ``GISJOB_JOB`` that the worker re-parses to the same model. With
+and the job document in a ConfigMap (``build_job_configmap``) mounted at ``/etc/gisjob``,
+which the worker re-parses to the same model (issue 17 #5: an environment variable over
+128 KiB fails ``exec`` with E2BIG). With
 object storage: the storage Secret as every pod's ``envFrom`` and, for an object-store
 output, ``ephemeral-storage`` for the local scratch an upload is built in.
 """
@@ -24,20 +26,28 @@ from gisjob_operator.pods import (
     ANNOTATION_DIGEST,
     ANNOTATION_HISTORY,
     ANNOTATION_STRATEGY,
+    JOB_DOCUMENT_DIR,
+    JOB_DOCUMENT_FILE,
+    JOB_VOLUME,
     LABEL_ATTEMPT,
     LABEL_JOB,
     LABEL_TILE,
+    MAX_JOB_DOCUMENT_BYTES,
     MAX_NAME,
     METRICS_PORT,
     ROLE_SCRATCH_BYTES,
     RUN_AS_USER,
     SCRATCH,
     SCRATCH_ENV,
+    JobDocumentTooLarge,
     PodLaunch,
     build_finalizer_pod,
+    build_job_configmap,
     build_planner_pod,
     build_worker_pod,
     dtype_bytes,
+    job_configmap_name,
+    job_document,
     job_labels,
     owner_reference,
     pod_name,
@@ -143,6 +153,14 @@ def env_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in env}
 
 
+def configmap_name(pod: dict[str, Any]) -> str:
+    """The job-document ConfigMap a pod mounts."""
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == JOB_VOLUME]
+    name = volume["configMap"]["name"]
+    assert isinstance(name, str)
+    return name
+
+
 # ----------------------------------------------------------------------------- resources
 
 
@@ -221,8 +239,8 @@ def test_user_worker_settings_pass_through(pod: dict[str, Any]) -> None:
     assert c["image"] == WORKER["image"]
     assert c["imagePullPolicy"] == "IfNotPresent"
     assert spec["serviceAccountName"] == "gis-reader"
-    assert spec["volumes"][1:] == WORKER["volumes"]
-    assert c["volumeMounts"][1:] == WORKER["volumeMounts"]
+    assert spec["volumes"][2:] == WORKER["volumes"]  # after scratch and the job document
+    assert c["volumeMounts"][2:] == WORKER["volumeMounts"]
     assert spec["nodeSelector"] == WORKER["nodeSelector"]
     assert spec["tolerations"] == WORKER["tolerations"]
     env = c["env"]
@@ -248,8 +266,15 @@ def test_defaults_without_worker_settings() -> None:
     assert "imagePullPolicy" not in c
     for key in ("serviceAccountName", "nodeSelector", "tolerations"):
         assert key not in spec
-    assert spec["volumes"] == [{"name": "scratch", "emptyDir": {}}]
-    assert c["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp"}]
+    cm = job_configmap_name(job.name, UID, job_document(job))
+    assert spec["volumes"] == [
+        {"name": "scratch", "emptyDir": {}},
+        {"name": JOB_VOLUME, "configMap": {"name": cm, "defaultMode": 0o444}},
+    ]
+    assert c["volumeMounts"] == [
+        {"name": "scratch", "mountPath": "/tmp"},
+        {"name": JOB_VOLUME, "mountPath": "/etc/gisjob", "readOnly": True},
+    ]
 
 
 def test_container_command_ports_and_termination_message(pod: dict[str, Any]) -> None:
@@ -348,8 +373,14 @@ def test_pod_view_reads_back_the_launch(pod: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------ environment
 
 
-def test_job_document_reparses_to_an_equal_model(pod: dict[str, Any], job: GisJob) -> None:
-    text = env_of(pod)["GISJOB_JOB"]["value"]
+def document_of(job: GisJob) -> str:
+    text = build_job_configmap(job, UID, NAMESPACE)["data"]["job.yaml"]
+    assert isinstance(text, str)
+    return text
+
+
+def test_job_document_reparses_to_an_equal_model(job: GisJob) -> None:
+    text = document_of(job)
     again = load_job_text(text, SOURCE)
     assert again == job
     assert again.to_document() == job.to_document()
@@ -363,7 +394,7 @@ def test_job_document_has_no_status_and_no_server_fields() -> None:
     doc = copy.deepcopy(DOC)
     doc["status"] = {"phase": "Running", "completedTiles": "0-9"}
     job = parse_job(doc, SOURCE)
-    text = env_of(build_worker_pod(job, UID, NAMESPACE, LAUNCH, DIGEST))["GISJOB_JOB"]["value"]
+    text = document_of(job)
     assert "status" not in load_job_text(text, SOURCE).model_dump(exclude_none=True)
     assert "completedTiles" not in text
 
@@ -518,14 +549,14 @@ def test_explicit_env_stays_beside_the_storage_secret() -> None:
         b = container_of(all_pods(without)[kind])
         names = [e["name"] for e in a["env"]]
         assert a["env"][-len(WORKER["env"]) :] == WORKER["env"], kind
-        assert {"GISJOB_JOB", "GISJOB_OWNER", "GISJOB_POD_NAME", "HOME"} <= set(names), kind
+        assert {"GISJOB_JOB_FILE", "GISJOB_OWNER", "GISJOB_POD_NAME", "HOME"} <= set(names), kind
         assert len(names) == len(set(names)), kind
-        # the only difference is the job document (it holds spec.storage)
-        doc_a = next(e for e in a["env"] if e["name"] == "GISJOB_JOB")
-        rest_a = [e for e in a["env"] if e["name"] != "GISJOB_JOB"]
-        rest_b = [e for e in b["env"] if e["name"] != "GISJOB_JOB"]
-        assert rest_a == rest_b, kind
-        assert STORAGE_SECRET in doc_a["value"]
+        assert a["env"] == b["env"], kind
+    # the job document (it holds spec.storage) differs, and so does its ConfigMap's name
+    assert STORAGE_SECRET in document_of(with_secret)
+    assert STORAGE_SECRET not in document_of(without)
+    names = {configmap_name(all_pods(j)["worker"]) for j in (with_secret, without)}
+    assert len(names) == 2
 
 
 def test_remote_output_asks_for_ephemeral_storage() -> None:
@@ -622,3 +653,113 @@ def test_worker_pod_scratch_follows_its_tile_and_kind() -> None:
 def test_dtype_bytes(dtype: str, size: int) -> None:
     assert dtype_bytes(dtype) == size
     assert dtype_bytes("something-new") == 8  # unknown: the larger guess
+
+
+# ------------------------------------------------------------- the job document's ConfigMap
+
+
+def test_job_configmap_carries_the_document_owned_by_the_job(job: GisJob) -> None:
+    """Issue 17 #5: one immutable ConfigMap per job and document, ``<job>-spec-<hash>``,
+    owned by the GisJob (it goes with it), labelled like the pods, holding exactly the
+    document the pods parse."""
+    cm = build_job_configmap(job, UID, NAMESPACE)
+    meta = cm["metadata"]
+    assert (cm["apiVersion"], cm["kind"]) == ("v1", "ConfigMap")
+    assert re.fullmatch(r"s2-ndvi-spec-[0-9a-f]{10}", meta["name"]), meta["name"]
+    assert meta["name"] == job_configmap_name(job.name, UID, job_document(job))
+    assert meta["namespace"] == NAMESPACE
+    assert job_labels(job.name).items() <= meta["labels"].items()
+    assert meta["labels"][LABEL_JOB] == "s2-ndvi"
+    (owner,) = meta["ownerReferences"]
+    assert owner == owner_reference(job, UID)
+    assert owner["controller"] is True and owner["blockOwnerDeletion"] is True
+    assert owner["uid"] == UID and owner["kind"] == "GisJob"
+    assert cm["immutable"] is True
+    assert cm["data"] == {"job.yaml": job_document(job)}
+    assert "binaryData" not in cm
+    assert load_job_text(cm["data"]["job.yaml"], SOURCE) == job
+    assert json.loads(json.dumps(cm)) == cm
+    assert build_job_configmap(job, UID, NAMESPACE) == cm  # deterministic
+
+
+def test_job_configmap_name_follows_the_document_and_the_job() -> None:
+    """Another document (any change, spec or metadata) or another job of the same name (a
+    new uid) is another ConfigMap: an immutable one never holds a stale document."""
+    base = make_job()
+    names = {
+        build_job_configmap(j, uid, NAMESPACE)["metadata"]["name"]
+        for j, uid in [
+            (base, UID),
+            (base, "another-uid"),
+            (make_job(parallelism=3), UID),
+            (make_job(input={"uri": "/data/s2/other.tif"}), UID),
+        ]
+    }
+    assert len(names) == 4
+    long = job_configmap_name("a" * 300, UID, "doc")
+    assert len(long) <= MAX_NAME and DNS_SUBDOMAIN.match(long)
+    assert re.search(r"-spec-[0-9a-f]{10}$", long)
+
+
+def test_job_document_over_the_limit_is_refused_with_its_size() -> None:
+    """A document a ConfigMap cannot carry: an error with the size and the limit."""
+    job = make_job()
+    at_limit = "x" * MAX_JOB_DOCUMENT_BYTES
+    assert build_job_configmap(job, UID, NAMESPACE, at_limit)["data"]["job.yaml"] == at_limit
+    with pytest.raises(JobDocumentTooLarge) as err:
+        build_job_configmap(job, UID, NAMESPACE, at_limit + "é")  # bytes, not characters
+    assert err.value.size == MAX_JOB_DOCUMENT_BYTES + 2
+    assert err.value.limit == MAX_JOB_DOCUMENT_BYTES == 900 * 1024
+    uris = [
+        f"/data/s2/scenes/{i:06d}/S2A_MSIL2A_20240101T101010_T32TQM_B08.tif" for i in range(15_000)
+    ]
+    big = make_job(input={"uris": uris})
+    with pytest.raises(JobDocumentTooLarge) as err:
+        build_job_configmap(big, UID, NAMESPACE)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"({err.value.size:,} bytes)" in message and "(921,600 bytes)" in message
+    assert "900.0 KiB" in message and "spec.input.uris" in message
+
+
+def test_every_pod_mounts_the_job_document_and_none_carries_it_in_env() -> None:
+    """Planner, worker and finalizer pods: the ConfigMap as a read-only volume at
+    /etc/gisjob, ``GISJOB_JOB_FILE`` naming the file in it, no ``GISJOB_JOB``."""
+    job = make_job()
+    want = build_job_configmap(job, UID, NAMESPACE)["metadata"]["name"]
+    for kind, built in all_pods(job).items():
+        c = container_of(built)
+        env = env_of(built)
+        assert "GISJOB_JOB" not in env, kind
+        assert env["GISJOB_JOB_FILE"] == {"name": "GISJOB_JOB_FILE", "value": JOB_DOCUMENT_FILE}
+        assert JOB_DOCUMENT_FILE == "/etc/gisjob/job.yaml"
+        volumes = {v["name"]: v for v in built["spec"]["volumes"]}
+        assert volumes[JOB_VOLUME] == {
+            "name": JOB_VOLUME,
+            "configMap": {"name": want, "defaultMode": 0o444},
+        }, kind
+        mounts = [m for m in c["volumeMounts"] if m["name"] == JOB_VOLUME]
+        assert mounts == [{"name": JOB_VOLUME, "mountPath": JOB_DOCUMENT_DIR, "readOnly": True}]
+    # the controller passes the name it created (no document built per pod)
+    launch = PodLaunch("r0000c0001", 0, 512 * MIB, 1.0, "initial")
+    for built in (
+        build_worker_pod(job, UID, NAMESPACE, launch, DIGEST, configmap="given"),
+        build_planner_pod(job, UID, NAMESPACE, "abc", 0, 256 * MIB, configmap="given"),
+        build_finalizer_pod(job, UID, NAMESPACE, DIGEST, 0, 256 * MIB, "0", "", "given"),
+    ):
+        assert configmap_name(built) == "given"
+
+
+def test_a_3000_file_job_makes_small_pods() -> None:
+    """The document of 3,000 listed files passes 128 KiB (what one environment variable may
+    hold); the pods stay small, the document goes through the ConfigMap."""
+    uris = [
+        f"/data/s2/scenes/{i:06d}/S2A_MSIL2A_20240101T101010_T32TQM_B08.tif" for i in range(3000)
+    ]
+    job = make_job(input={"uris": uris})
+    cm = build_job_configmap(job, UID, NAMESPACE)
+    size = len(cm["data"]["job.yaml"].encode())
+    assert 128 * 1024 < size <= MAX_JOB_DOCUMENT_BYTES
+    for kind, built in all_pods(job).items():
+        assert len(json.dumps(built)) < 8 * 1024, kind
+        assert configmap_name(built) == cm["metadata"]["name"], kind
