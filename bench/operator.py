@@ -246,6 +246,12 @@ def _offline_kube() -> Any:
         def read_pod_log(self, namespace: str, name: str, container: str, limit: int) -> str:
             return ""  # the plan is primed: no planner pod, no log
 
+        def create_configmap(self, namespace: str, body: dict[str, Any]) -> bool:
+            return True  # the job document's ConfigMap: nothing to keep offline
+
+        def delete_configmap(self, namespace: str, name: str) -> None:
+            pass
+
         def delete_pod(self, namespace: str, name: str) -> None:
             self.deleted.append(name)
 
